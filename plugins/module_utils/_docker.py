@@ -1,0 +1,159 @@
+# Copyright (c) lastgood.rollback contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Docker SDK access shared by the modules: import guard, client, image lookups."""
+
+from __future__ import annotations
+
+import traceback
+
+from ansible.module_utils.basic import missing_required_lib
+
+try:
+    import docker
+    from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+    HAS_DOCKER = True
+    DOCKER_IMPORT_ERROR = None
+except ImportError:  # pragma: no cover - exercised only without the SDK
+    HAS_DOCKER = False
+    DOCKER_IMPORT_ERROR = traceback.format_exc()
+
+    class DockerException(Exception):  # type: ignore[no-redef]
+        pass
+
+    class APIError(DockerException):  # type: ignore[no-redef]
+        pass
+
+    class NotFound(APIError):  # type: ignore[no-redef]
+        pass
+
+    class ImageNotFound(NotFound):  # type: ignore[no-redef]
+        pass
+
+
+ROLLED_BACK_TAG_PREFIX = "rolled-back-"
+
+
+def require_docker_sdk(module):
+    if not HAS_DOCKER:
+        module.fail_json(
+            msg=missing_required_lib("docker (the Docker SDK for Python)"),
+            exception=DOCKER_IMPORT_ERROR,
+        )
+
+
+def docker_client(module, timeout=60):
+    """Return a connected Docker client or fail the module with one line.
+
+    The engine is pinged here so that an unreachable engine is reported before
+    anything else is attempted, never half way through a change.
+    """
+    require_docker_sdk(module)
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+    except DockerException as exc:
+        module.fail_json(msg="Docker engine unreachable: %s" % one_line(exc))
+    return client
+
+
+def one_line(exc):
+    """Squeeze an exception into a single line for `msg`."""
+    text = str(getattr(exc, "explanation", None) or exc)
+    return " ".join(text.split())
+
+
+def image_id(client, reference):
+    """The image ID (sha256:...) a reference or ID resolves to, or None if absent."""
+    try:
+        return client.api.inspect_image(reference)["Id"]
+    except (ImageNotFound, NotFound):
+        return None
+
+
+def split_reference(reference):
+    """Split an image reference into (repository, tag); the tag defaults to `latest`.
+
+    A digest reference (repo@sha256:...) returns the digest as tag with its '@'.
+    """
+    if "@" in reference:
+        repository, digest = reference.split("@", 1)
+        return repository, "@" + digest
+    last_slash = reference.rfind("/")
+    last_colon = reference.rfind(":")
+    if last_colon > last_slash:
+        return reference[:last_colon], reference[last_colon + 1:]
+    return reference, "latest"
+
+
+def normalize_reference(reference):
+    repository, tag = split_reference(reference)
+    if tag.startswith("@"):
+        return repository + tag
+    return "%s:%s" % (repository, tag)
+
+
+def container_summary(attrs):
+    """The part of `docker inspect` output the modules report and compare."""
+    state = attrs.get("State") or {}
+    health = (state.get("Health") or {}).get("Status")
+    labels = (attrs.get("Config") or {}).get("Labels") or {}
+    return {
+        "id": attrs.get("Id"),
+        "name": (attrs.get("Name") or "").lstrip("/"),
+        "image_id": attrs.get("Image"),
+        "image": (attrs.get("Config") or {}).get("Image"),
+        "state": state.get("Status"),
+        "health": health,
+        "exit_code": state.get("ExitCode"),
+        "started_at": state.get("StartedAt"),
+        "service": labels.get("com.docker.compose.service"),
+        "number": labels.get("com.docker.compose.container-number"),
+    }
+
+
+def project_containers(client, project_name, include_stopped=True):
+    """Inspect every (non one-off) container of a compose project, grouped by service."""
+    filters = {"label": ["com.docker.compose.project=%s" % project_name]}
+    by_service = {}
+    for item in client.api.containers(all=include_stopped, filters=filters):
+        labels = item.get("Labels") or {}
+        if labels.get("com.docker.compose.oneoff") == "True":
+            continue
+        try:
+            attrs = client.api.inspect_container(item["Id"])
+        except NotFound:  # removed between list and inspect
+            continue
+        summary = container_summary(attrs)
+        by_service.setdefault(summary["service"], []).append(summary)
+    for containers in by_service.values():
+        containers.sort(key=lambda c: int(c["number"] or 0))
+    return by_service
+
+
+def container_problem(summary):
+    """None when a container is running and, if it has a healthcheck, healthy; else why not."""
+    if summary["state"] != "running":
+        return "%s (exit code %s)" % (summary["state"], summary["exit_code"])
+    if summary["health"] not in (None, "healthy"):
+        return "health %s" % summary["health"]
+    return None
+
+
+def services_problems(by_service, services):
+    """Per service what keeps it from being ready ({} when all are): see container_problem."""
+    problems = {}
+    for name in services:
+        containers = by_service.get(name) or []
+        if not containers:
+            problems[name] = "no container"
+            continue
+        reasons = [container_problem(c) for c in containers]
+        reasons = [r for r in reasons if r]
+        if reasons:
+            problems[name] = "; ".join(reasons)
+    return problems
+
+
+def failed_for_good(summary):
+    """A state that waiting will not fix: stopped, or unhealthy after its retries."""
+    return summary["state"] in ("exited", "dead") or summary["health"] == "unhealthy"

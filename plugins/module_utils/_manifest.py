@@ -1,0 +1,265 @@
+# Copyright (c) lastgood.rollback contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Snapshot storage: ids, manifest with checksum, last-known-good pointer, retention.
+
+Layout under the backup root::
+
+    <backup_root>/<project>/<snapshot_id>/manifest.json
+    <backup_root>/<project>/<snapshot_id>/manifest.json.sha256   (sha256sum format)
+    <backup_root>/<project>/<snapshot_id>/files/<relative path>  (copies of config files)
+    <backup_root>/<project>/<snapshot_id>/BAD                     (present: never roll back onto it)
+    <backup_root>/<project>/last-known-good -> <snapshot_id>
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+
+MANIFEST = "manifest.json"
+MANIFEST_SUM = MANIFEST + ".sha256"
+LAST_KNOWN_GOOD = "last-known-good"
+BAD_MARKER = "BAD"
+FILES_DIR = "files"
+FORMAT_VERSION = 1
+
+# Safe as one path component everywhere: no separators, no leading dot, no "..".
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_STAGING_PREFIX = ".staging-"
+
+
+class ManifestError(Exception):
+    """A snapshot that cannot be used; the message is one line for `msg`."""
+
+
+def check_safe_name(value, what="snapshot id"):
+    if not isinstance(value, str) or not _SAFE_NAME.match(value) or ".." in value:
+        raise ManifestError(
+            "%s %r is not a safe name (letters, digits, '.', '_', '-'; no '..', no '/')" % (what, value))
+    return value
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def isoformat(moment):
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + "%06dZ" % moment.microsecond
+
+
+def compact_timestamp(moment):
+    """The sortable UTC form used in ids and tags: YYYYmmddTHHMMSSZ."""
+    return moment.strftime("%Y%m%dT%H%M%SZ")
+
+
+def sha256_file(path, chunk_size=1024 * 1024):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def project_root(backup_root, project_name):
+    return os.path.join(backup_root, check_safe_name(project_name, "project name"))
+
+
+def snapshot_path(backup_root, project_name, snapshot_id):
+    return os.path.join(project_root(backup_root, project_name), check_safe_name(snapshot_id))
+
+
+def new_snapshot_id(root, moment):
+    """A sortable UTC id, unique in `root` (a suffix is added within the same second)."""
+    base = compact_timestamp(moment)
+    candidate, counter = base, 1
+    while os.path.lexists(os.path.join(root, candidate)):
+        counter += 1
+        candidate = "%s-%d" % (base, counter)
+    return candidate
+
+
+def list_snapshots(root):
+    """Ids of complete snapshots (those with a manifest), oldest first."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        if name.startswith(".") or name == LAST_KNOWN_GOOD or not _SAFE_NAME.match(name):
+            continue
+        if os.path.isfile(os.path.join(root, name, MANIFEST)):
+            found.append(name)
+    return sorted(found)
+
+
+def last_known_good(root):
+    link = os.path.join(root, LAST_KNOWN_GOOD)
+    if not os.path.islink(link):
+        return None
+    target = os.path.basename(os.readlink(link))
+    return target if _SAFE_NAME.match(target) else None
+
+
+def set_last_known_good(root, snapshot_id):
+    """Point last-known-good at a snapshot atomically (a new link renamed over the old)."""
+    check_safe_name(snapshot_id)
+    link = os.path.join(root, LAST_KNOWN_GOOD)
+    staging = os.path.join(root, ".%s.%d" % (LAST_KNOWN_GOOD, os.getpid()))
+    if os.path.lexists(staging):
+        os.unlink(staging)
+    os.symlink(snapshot_id, staging)
+    os.replace(staging, link)
+
+
+def is_bad(snapshot_dir):
+    return os.path.exists(os.path.join(snapshot_dir, BAD_MARKER))
+
+
+def read_bad_marker(snapshot_dir):
+    try:
+        with open(os.path.join(snapshot_dir, BAD_MARKER), encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def write_bad_marker(snapshot_dir, reason, moment):
+    _write_atomic(os.path.join(snapshot_dir, BAD_MARKER),
+                  json.dumps({"reason": reason, "marked_at": isoformat(moment)}, indent=2) + "\n")
+
+
+def _write_atomic(path, text, mode=0o640):
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def manifest_bytes(manifest):
+    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def start_staging(root):
+    """A private directory next to the snapshots; renamed into place when complete."""
+    os.makedirs(root, mode=0o750, exist_ok=True)
+    return tempfile.mkdtemp(dir=root, prefix=_STAGING_PREFIX)
+
+
+def finish_staging(staging, root, snapshot_id, manifest):
+    """Write the manifest and its checksum, then publish the snapshot by one rename."""
+    data = manifest_bytes(manifest)
+    with open(os.path.join(staging, MANIFEST), "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    with open(os.path.join(staging, MANIFEST_SUM), "w", encoding="utf-8") as handle:
+        handle.write("%s  %s\n" % (hashlib.sha256(data).hexdigest(), MANIFEST))
+    os.chmod(staging, 0o750)
+    final = os.path.join(root, snapshot_id)
+    os.rename(staging, final)
+    return final
+
+
+def discard_staging(staging):
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_manifest(snapshot_dir):
+    """Read a manifest after verifying its checksum; ManifestError with one line otherwise."""
+    path = os.path.join(snapshot_dir, MANIFEST)
+    if not os.path.isdir(snapshot_dir):
+        raise ManifestError("snapshot %s does not exist" % snapshot_dir)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise ManifestError("cannot read %s: %s" % (path, exc.strerror))
+    try:
+        with open(os.path.join(snapshot_dir, MANIFEST_SUM), encoding="utf-8") as handle:
+            expected = handle.read().split()[0]
+    except (OSError, IndexError):
+        raise ManifestError("manifest checksum file %s is missing or empty" % (path + ".sha256"))
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise ManifestError("manifest %s does not match its checksum (expected %s, got %s)"
+                            % (path, expected[:12], actual[:12]))
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except ValueError as exc:
+        raise ManifestError("manifest %s is not valid JSON: %s" % (path, exc))
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("services"), dict):
+        raise ManifestError("manifest %s has no services mapping" % path)
+    return manifest
+
+
+def verify_files(snapshot_dir, manifest):
+    """Names of snapshot file copies whose checksum no longer matches (or that are missing)."""
+    damaged = []
+    for rel, meta in sorted((manifest.get("files") or {}).items()):
+        copy = os.path.join(snapshot_dir, FILES_DIR, rel)
+        try:
+            if sha256_file(copy) != meta.get("sha256"):
+                damaged.append(rel)
+        except OSError:
+            damaged.append(rel)
+    return damaged
+
+
+def resolve_snapshot(backup_root, project_name, snapshot_id=None):
+    """(id, directory) of the requested snapshot, or of last-known-good when no id is given."""
+    root = project_root(backup_root, project_name)
+    if snapshot_id in (None, "", LAST_KNOWN_GOOD):
+        snapshot_id = last_known_good(root)
+        if snapshot_id is None:
+            raise ManifestError("no last-known-good snapshot for project %s under %s"
+                                % (project_name, backup_root))
+    check_safe_name(snapshot_id)
+    directory = os.path.join(root, snapshot_id)
+    if not os.path.isfile(os.path.join(directory, MANIFEST)):
+        raise ManifestError("snapshot %s of project %s does not exist under %s"
+                            % (snapshot_id, project_name, backup_root))
+    return snapshot_id, directory
+
+
+def retention_plan(root, keep, pending=None):
+    """Snapshot ids to prune: oldest first beyond `keep`, never last-known-good or the newest.
+
+    `pending` is a snapshot about to be written (check mode plans as if it existed).
+    """
+    ids = sorted(list_snapshots(root) + ([pending] if pending else []))
+    if keep is None or keep <= 0 or len(ids) <= keep:
+        return []
+    protected = {last_known_good(root), ids[-1]}
+    excess = len(ids) - keep
+    prune = []
+    for snapshot_id in ids:
+        if excess <= 0:
+            break
+        if snapshot_id in protected:
+            continue
+        prune.append(snapshot_id)
+        excess -= 1
+    return prune
+
+
+def stale_staging(root):
+    """Leftovers of interrupted snapshot runs."""
+    try:
+        return sorted(n for n in os.listdir(root) if n.startswith(_STAGING_PREFIX))
+    except OSError:
+        return []

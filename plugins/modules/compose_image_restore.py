@@ -1,0 +1,265 @@
+#!/usr/bin/python
+# Copyright (c) lastgood.rollback contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: compose_image_restore
+short_description: Point the image references of compose services back at recorded image IDs
+version_added: 0.1.0
+description:
+  - For every service in O(services) (usually a snapshot manifest's C(services)), tags the recorded image
+    ID back onto the service's configured image reference, so that C(docker compose) runs it again.
+  - The image the reference named before is kept under C(<repository>:rolled-back-<UTC YYYYmmddTHHMMSSZ>)
+    so nothing is lost and the broken release can still be inspected.
+  - Everything is verified before the first tag moves - every service still exists in the project with the
+    same configured reference, and every recorded image ID is present locally - and the module fails with
+    one line naming every problem otherwise.
+  - Returns the services whose containers run another image and must be recreated (see
+    M(lastgood.rollback.compose_service)); it does not touch containers itself.
+author:
+  - lastgood.rollback developers (@lastgood)
+extends_documentation_fragment:
+  - lastgood.rollback.project
+  - lastgood.rollback.attributes
+  - lastgood.rollback.attributes.ACTIONGROUP
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Performs every verification and returns the full plan (tags to move, services to recreate).
+  diff_mode:
+    support: full
+    details:
+      - Shows the image ID each reference names before and after.
+options:
+  services:
+    description:
+      - Per service name the recorded C(image) reference and C(image_id), as in a snapshot manifest.
+    type: dict
+    required: true
+  only:
+    description:
+      - Restrict the restore to these services. Unknown names are refused.
+    type: list
+    elements: str
+  tag_replaced:
+    description:
+      - Keep the image being replaced under a C(rolled-back-<timestamp>) tag of its repository.
+    type: bool
+    default: true
+"""
+
+EXAMPLES = r"""
+- name: Read the last known good snapshot
+  lastgood.rollback.snapshot_info:
+    project_dir: /srv/shop
+    require_images: true
+  register: snapshot
+
+- name: Put its images back under their references
+  lastgood.rollback.compose_image_restore:
+    project_dir: /srv/shop
+    services: "{{ snapshot.manifest.services }}"
+  register: restore
+
+- name: Recreate only the services that run another image
+  lastgood.rollback.compose_service:
+    project_dir: /srv/shop
+    services: "{{ restore.recreate }}"
+    recreate: always
+  when: restore.recreate | length > 0
+"""
+
+RETURN = r"""
+services:
+  description: Per restored service, what was (or would be) done.
+  returned: always
+  type: dict
+  sample:
+    app:
+      image: lastgood-demo/app:latest
+      before_image_id: sha256:9d1e...
+      after_image_id: sha256:4f5e...
+      retagged: true
+      rolled_back_tag: lastgood-demo/app:rolled-back-20261130T091502Z
+      container_image_ids: [sha256:9d1e...]
+      needs_recreate: true
+recreate:
+  description: Services whose containers do not run the recorded image, in name order.
+  returned: always
+  type: list
+  elements: str
+unchanged:
+  description: Services whose reference and containers already match the record.
+  returned: always
+  type: list
+  elements: str
+not_in_snapshot:
+  description: Services of the project that the record does not mention (left alone).
+  returned: always
+  type: list
+  elements: str
+actions:
+  description: Human-readable list of what was (or would be) done.
+  returned: always
+  type: list
+  elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.lastgood.rollback.plugins.module_utils._compose import (
+    PROJECT_ARGUMENT_SPEC,
+    load_project,
+)
+from ansible_collections.lastgood.rollback.plugins.module_utils._docker import (
+    ROLLED_BACK_TAG_PREFIX,
+    APIError,
+    docker_client,
+    image_id,
+    normalize_reference,
+    one_line,
+    split_reference,
+)
+from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import compact_timestamp, utc_now
+from ansible_collections.lastgood.rollback.plugins.module_utils._state import live_services
+
+
+class ImageRestore:
+    """Plans, then applies, the tag moves for a set of recorded services."""
+
+    def __init__(self, module, client, project, recorded):
+        self.module = module
+        self.client = client
+        self.project = project
+        self.recorded = recorded
+        self.stamp = compact_timestamp(utc_now())
+        self.plan = {}
+        self.actions = []
+
+    def verify(self):
+        """Every problem, for every service, before anything changes."""
+        live = live_services(self.project, self.client)
+        problems = []
+        for name in sorted(self.recorded):
+            entry = self.recorded[name] or {}
+            wanted_ref = normalize_reference(entry.get("image") or "")
+            wanted_id = entry.get("image_id")
+            if name not in live:
+                problems.append("service %s is in the record but not in the project" % name)
+                continue
+            if not entry.get("image") or not wanted_id:
+                problems.append("service %s: the record has no image or image_id" % name)
+                continue
+            if live[name]["image"] != wanted_ref:
+                problems.append("service %s: configured image changed from %s to %s since the record"
+                                " (restore the configuration first)" % (name, wanted_ref, live[name]["image"]))
+                continue
+            if image_id(self.client, wanted_id) is None:
+                problems.append("service %s: image %s is no longer present locally" % (name, wanted_id))
+                continue
+            self.plan[name] = self._service_plan(name, live[name], wanted_ref, wanted_id)
+        if problems:
+            self.module.fail_json(msg="nothing changed: " + "; ".join(problems), problems=problems)
+        return live
+
+    def _service_plan(self, name, live, reference, wanted_id):
+        before = live["configured_image_id"]
+        running = live["container_image_ids"]
+        retag = before != wanted_id
+        keep_tag = None
+        if retag and before and self.module.params["tag_replaced"]:
+            keep_tag = self._free_rolled_back_tag(reference, before)
+        return {
+            "image": reference,
+            "before_image_id": before,
+            "after_image_id": wanted_id,
+            "retagged": retag,
+            "rolled_back_tag": keep_tag,
+            "container_image_ids": running,
+            "needs_recreate": running != [wanted_id] or not live["running"],
+        }
+
+    def _free_rolled_back_tag(self, reference, image):
+        repository = split_reference(reference)[0]
+        candidate, counter = "%s:%s%s" % (repository, ROLLED_BACK_TAG_PREFIX, self.stamp), 1
+        while image_id(self.client, candidate) not in (None, image):
+            counter += 1
+            candidate = "%s:%s%s-%d" % (repository, ROLLED_BACK_TAG_PREFIX, self.stamp, counter)
+        return candidate
+
+    def apply(self):
+        for name in sorted(self.plan):
+            step = self.plan[name]
+            if step["rolled_back_tag"]:
+                self.actions.append("tag %s (%s) as %s" % (step["image"], short(step["before_image_id"]),
+                                                           step["rolled_back_tag"]))
+            if step["retagged"]:
+                self.actions.append("tag %s as %s" % (short(step["after_image_id"]), step["image"]))
+            if step["needs_recreate"]:
+                self.actions.append("recreate %s (runs %s)" % (
+                    name, ", ".join(short(i) for i in step["container_image_ids"]) or "no container"))
+            if self.module.check_mode:
+                continue
+            try:
+                if step["rolled_back_tag"]:
+                    self._tag(step["before_image_id"], step["rolled_back_tag"])
+                if step["retagged"]:
+                    self._tag(step["after_image_id"], step["image"])
+            except APIError as exc:
+                self.module.fail_json(msg="tagging for service %s failed: %s" % (name, one_line(exc)),
+                                      services=self.plan, actions=self.actions)
+
+    def _tag(self, image, reference):
+        repository, tag = split_reference(reference)
+        self.client.api.tag(image, repository, tag, force=True)
+
+
+def short(image):
+    return (image or "none").replace("sha256:", "")[:12]
+
+
+def main():
+    argument_spec = dict(
+        services=dict(type="dict", required=True),
+        only=dict(type="list", elements="str"),
+        tag_replaced=dict(type="bool", default=True),
+    )
+    argument_spec.update(PROJECT_ARGUMENT_SPEC)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    params = module.params
+
+    recorded = params["services"]
+    if params["only"]:
+        unknown = sorted(set(params["only"]) - set(recorded))
+        if unknown:
+            module.fail_json(msg="only names services the record does not have: %s" % ", ".join(unknown))
+        recorded = {name: recorded[name] for name in params["only"]}
+
+    project = load_project(module, params)
+    client = docker_client(module)
+    restore = ImageRestore(module, client, project, recorded)
+    live = restore.verify()
+    restore.apply()
+
+    plan = restore.plan
+    module.exit_json(
+        changed=any(step["retagged"] for step in plan.values()),
+        services=plan,
+        recreate=sorted(name for name, step in plan.items() if step["needs_recreate"]),
+        unchanged=sorted(name for name, step in plan.items()
+                         if not step["retagged"] and not step["needs_recreate"]),
+        not_in_snapshot=sorted(set(live) - set(params["services"])),
+        actions=restore.actions,
+        diff=dict(
+            before="".join("%s: %s\n" % (n, s["before_image_id"]) for n, s in sorted(plan.items())),
+            after="".join("%s: %s\n" % (n, s["after_image_id"]) for n, s in sorted(plan.items())),
+        ),
+    )
+
+
+if __name__ == "__main__":
+    main()

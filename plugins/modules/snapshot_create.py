@@ -1,0 +1,340 @@
+#!/usr/bin/python
+# Copyright (c) lastgood.rollback contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: snapshot_create
+short_description: Record the state of a Docker Compose project as a snapshot to roll back to
+version_added: 0.1.0
+description:
+  - Records, in one call, what a rollback needs to return a compose project to its present state
+    - the image ID each service's containers really run, the configured image reference, copies of
+    the configuration files with their sha256, and the git commit of the project directory.
+  - Writes C(<backup_root>/<project>/<snapshot_id>/manifest.json) with a C(manifest.json.sha256) beside it.
+    The snapshot is assembled in a staging directory and published by a single rename, so an interrupted
+    run never leaves a half-written snapshot behind.
+  - Pins every recorded image with the tag C(<repository>:lastgood-<snapshot_id>) so that the images a
+    rollback needs survive C(docker image prune) after a deploy moved their other tags away.
+  - Applies retention (O(keep)) and never prunes the last-known-good snapshot nor the newest one.
+  - Does not mark the snapshot last known good; M(lastgood.rollback.snapshot_mark) does that once a
+    health gate passed.
+author:
+  - lastgood.rollback developers (@lastgood)
+extends_documentation_fragment:
+  - lastgood.rollback.project
+  - lastgood.rollback.attributes
+  - lastgood.rollback.attributes.ACTIONGROUP
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Reads the live state and returns the manifest that would be written and the snapshots that
+        would be pruned; writes, tags and deletes nothing.
+  diff_mode:
+    support: none
+options:
+  backup_root:
+    description:
+      - Directory holding the snapshots of all projects.
+    type: path
+    default: /var/backups/lastgood
+  config_files:
+    description:
+      - Extra configuration files to record, as glob patterns relative to O(project_dir) (C(**) recurses).
+      - The compose files, C(.env) and every C(env_file) of the services are always recorded.
+      - A pattern that resolves outside O(project_dir) is refused.
+    type: list
+    elements: str
+    default: []
+  snapshot_id:
+    description:
+      - Id of the new snapshot. Defaults to the UTC time, C(YYYYmmddTHHMMSSZ), which sorts in time order.
+      - Must be a safe path component; an existing id is refused.
+    type: str
+  reason:
+    description:
+      - Free text stored in the manifest, for example the deploy that follows.
+    type: str
+  pin_images:
+    description:
+      - Tag each recorded image ID as C(<repository>:lastgood-<snapshot_id>).
+    type: bool
+    default: true
+  keep:
+    description:
+      - Number of snapshots to keep for the project after this one is written. V(0) keeps all.
+      - The last-known-good snapshot and the newest snapshot are never pruned.
+    type: int
+    default: 10
+"""
+
+EXAMPLES = r"""
+- name: Snapshot the stack before the deploy
+  lastgood.rollback.snapshot_create:
+    project_dir: /srv/shop
+    config_files:
+      - nginx/*.conf
+      - certs/*.pem
+    reason: deploy of release 2026.11.30
+  register: snapshot
+
+- name: Show where it went
+  ansible.builtin.debug:
+    msg: "{{ snapshot.snapshot_id }} in {{ snapshot.path }}"
+"""
+
+RETURN = r"""
+snapshot_id:
+  description: Id of the snapshot (written, or that would be written in check mode).
+  returned: always
+  type: str
+  sample: 20261130T084512Z
+snapshot_dir:
+  description: Directory of the snapshot.
+  returned: always
+  type: str
+  sample: /var/backups/lastgood/shop/20261130T084512Z
+manifest:
+  description: The manifest written to C(manifest.json).
+  returned: always
+  type: dict
+  contains:
+    id:
+      description: Snapshot id.
+      type: str
+    created_at:
+      description: ISO 8601 UTC time of the snapshot.
+      type: str
+    project:
+      description: Compose project name, directory and compose files.
+      type: dict
+    services:
+      description: Per service the configured image reference C(image), the C(image_id) its containers run,
+        the C(pin) tag, whether it is C(running) and its C(containers).
+      type: dict
+    git:
+      description: C(commit), C(branch), C(dirty) and C(toplevel) of the project's git work tree, or null.
+      type: dict
+    files:
+      description: Recorded files (relative paths) with C(sha256), C(size) and C(mode).
+      type: dict
+pruned:
+  description: Snapshot ids removed by retention (in check mode, those that would be).
+  returned: always
+  type: list
+  elements: str
+services_not_running:
+  description: Services recorded without a running container (their configured image ID is recorded).
+  returned: always
+  type: list
+  elements: str
+"""
+
+import glob
+import os
+import shutil
+import socket
+import stat
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.lastgood.rollback.plugins.module_utils._compose import (
+    PROJECT_ARGUMENT_SPEC,
+    load_project,
+)
+from ansible_collections.lastgood.rollback.plugins.module_utils._docker import (
+    APIError,
+    docker_client,
+    one_line,
+    split_reference,
+)
+from ansible_collections.lastgood.rollback.plugins.module_utils._git import git_state
+from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import (
+    FILES_DIR,
+    FORMAT_VERSION,
+    ManifestError,
+    check_safe_name,
+    discard_staging,
+    finish_staging,
+    isoformat,
+    load_manifest,
+    new_snapshot_id,
+    project_root,
+    retention_plan,
+    sha256_file,
+    snapshot_path,
+    start_staging,
+    utc_now,
+)
+from ansible_collections.lastgood.rollback.plugins.module_utils._state import live_services
+
+PIN_TAG_PREFIX = "lastgood-"
+
+
+def recorded_files(project, patterns):
+    """Relative paths of the files a snapshot records, all inside the project directory."""
+    base = os.path.realpath(project.project_dir)
+    wanted = set(project.compose_files()) | set(project.env_files())
+    if os.path.isfile(os.path.join(base, ".env")):
+        wanted.add(".env")
+    for pattern in patterns:
+        if os.path.isabs(pattern):
+            raise ManifestError("config file pattern %r must be relative to the project directory" % pattern)
+        for match in glob.glob(os.path.join(base, pattern), recursive=True):
+            if os.path.isfile(match):
+                wanted.add(os.path.relpath(match, base))
+    files = []
+    for rel in sorted(wanted):
+        real = os.path.realpath(os.path.join(base, rel))
+        if os.path.commonpath([base, real]) != base:
+            raise ManifestError("config file %s resolves outside the project directory" % rel)
+        if os.path.isfile(real):
+            files.append(os.path.relpath(real, base))
+    return files
+
+
+def copy_files(project_dir, files, staging):
+    recorded = {}
+    for rel in files:
+        source = os.path.join(project_dir, rel)
+        target = os.path.join(staging, FILES_DIR, rel)
+        os.makedirs(os.path.dirname(target), mode=0o750, exist_ok=True)
+        shutil.copy2(source, target)
+        info = os.stat(target)
+        recorded[rel] = {
+            "sha256": sha256_file(target),
+            "size": info.st_size,
+            "mode": "%04o" % stat.S_IMODE(info.st_mode),
+        }
+    return recorded
+
+
+def describe_files(project_dir, files):
+    """The manifest entries without copying (check mode)."""
+    recorded = {}
+    for rel in files:
+        path = os.path.join(project_dir, rel)
+        info = os.stat(path)
+        recorded[rel] = {"sha256": sha256_file(path), "size": info.st_size,
+                         "mode": "%04o" % stat.S_IMODE(info.st_mode)}
+    return recorded
+
+
+def pin_reference(reference, snapshot_id):
+    repository = split_reference(reference)[0]
+    return "%s:%s%s" % (repository, PIN_TAG_PREFIX, snapshot_id)
+
+
+def remove_pins(client, manifest_services):
+    for entry in manifest_services.values():
+        pin = entry.get("pin")
+        if not pin:
+            continue
+        try:
+            # Removes only the tag while other tags or containers hold the image.
+            client.api.remove_image(pin, noprune=False)
+        except APIError:
+            pass
+
+
+def main():
+    argument_spec = dict(
+        backup_root=dict(type="path", default="/var/backups/lastgood"),
+        config_files=dict(type="list", elements="str", default=[]),
+        snapshot_id=dict(type="str"),
+        reason=dict(type="str"),
+        pin_images=dict(type="bool", default=True),
+        keep=dict(type="int", default=10),
+    )
+    argument_spec.update(PROJECT_ARGUMENT_SPEC)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    params = module.params
+    if params["keep"] < 0:
+        module.fail_json(msg="keep must be 0 (keep all) or a positive number, got %d" % params["keep"])
+
+    project = load_project(module, params)
+    client = docker_client(module)
+    moment = utc_now()
+
+    try:
+        root = project_root(params["backup_root"], project.name)
+        if params["snapshot_id"]:
+            snapshot_id = check_safe_name(params["snapshot_id"])
+            if os.path.lexists(os.path.join(root, snapshot_id)):
+                raise ManifestError("snapshot %s already exists in %s" % (snapshot_id, root))
+        else:
+            snapshot_id = new_snapshot_id(root, moment)
+        files = recorded_files(project, params["config_files"])
+    except ManifestError as exc:
+        module.fail_json(msg=str(exc))
+
+    services = live_services(project, client)
+    not_running = [name for name, entry in services.items() if not entry["running"]]
+    missing = [name for name, entry in services.items() if not entry["image_id"]]
+    if missing:
+        module.fail_json(msg="cannot snapshot: no container and no local image for service(s) %s"
+                         % ", ".join(missing))
+    for name, entry in services.items():
+        entry["pin"] = pin_reference(entry["image"], snapshot_id) if params["pin_images"] else None
+
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "id": snapshot_id,
+        "created_at": isoformat(moment),
+        "host": socket.gethostname(),
+        "reason": params["reason"],
+        "project": {
+            "name": project.name,
+            "dir": project.project_dir,
+            "compose_files": project.compose_files(),
+        },
+        "services": services,
+        "git": git_state(module, project.project_dir),
+        "files": {},
+    }
+    path = snapshot_path(params["backup_root"], project.name, snapshot_id)
+    result = dict(changed=True, snapshot_id=snapshot_id, snapshot_dir=path, manifest=manifest,
+                  services_not_running=not_running)
+    for name in not_running:
+        module.warn("service %s has no running container; its configured image is recorded" % name)
+
+    if module.check_mode:
+        manifest["files"] = describe_files(project.project_dir, files)
+        result["pruned"] = retention_plan(root, params["keep"], pending=snapshot_id)
+        module.exit_json(**result)
+
+    staging = start_staging(root)
+    try:
+        manifest["files"] = copy_files(project.project_dir, files, staging)
+        pinned = []
+        for entry in services.values():
+            if entry["pin"]:
+                client.api.tag(entry["image_id"], *entry["pin"].rsplit(":", 1))
+                pinned.append(entry)
+        finish_staging(staging, root, snapshot_id, manifest)
+    except (OSError, APIError) as exc:
+        discard_staging(staging)
+        module.fail_json(msg="snapshot not written: %s" % one_line(exc))
+
+    result["pruned"] = prune(module, client, root, params["keep"])
+    module.exit_json(**result)
+
+
+def prune(module, client, root, keep):
+    pruned = []
+    for snapshot_id in retention_plan(root, keep):
+        directory = os.path.join(root, snapshot_id)
+        try:
+            remove_pins(client, load_manifest(directory)["services"])
+        except ManifestError as exc:
+            module.warn("pruning %s without untagging its images: %s" % (snapshot_id, exc))
+        shutil.rmtree(directory)
+        pruned.append(snapshot_id)
+    return pruned
+
+
+if __name__ == "__main__":
+    main()
