@@ -1,0 +1,767 @@
+# Copyright (c) lastgood.rollback contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Health checks (HTTP, TCP, compose containers, PostgreSQL) and the polling loop.
+
+The probes talk to the network; everything around them (parsing and validating the check
+specifications, running one round in parallel with a hard time bound, the polling rules,
+the messages) is plain Python: `poll()` takes its clock and sleep function as arguments so
+its timing rules can be tested without waiting.
+"""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import math
+import os
+import re
+import socket
+import ssl
+import threading
+import time
+import traceback
+from urllib import error as urllib_error
+from urllib import request as urllib_request
+from urllib.parse import urlsplit
+
+from ansible_collections.lastgood.rollback.plugins.module_utils import _docker
+from ansible_collections.lastgood.rollback.plugins.module_utils._compose import PROJECT_ARGUMENT_SPEC
+from ansible_collections.lastgood.rollback.plugins.module_utils._docker import one_line
+
+try:
+    import psycopg2
+    HAS_PSYCOPG2 = True
+    PSYCOPG2_IMPORT_ERROR = None
+except ImportError:  # pragma: no cover - exercised only without psycopg2
+    HAS_PSYCOPG2 = False
+    PSYCOPG2_IMPORT_ERROR = traceback.format_exc()
+
+
+CHECK_TYPES = ("http", "tcp", "container", "postgres")
+
+# Argument spec of one entry of `checks`. Options that belong to one check type carry no
+# default here: the type's defaults are applied by parse_checks(), so an option given for the
+# wrong type (a typo, a `port` on an http check) can be told apart from a default and refused.
+CHECK_ARGUMENT_SPEC = dict(
+    name=dict(type="str", required=True),
+    type=dict(type="str", choices=list(CHECK_TYPES)),
+    timeout_s=dict(type="float", default=2.0),
+    # http
+    url=dict(type="str"),
+    status=dict(type="list", elements="int"),
+    body_regex=dict(type="str"),
+    max_latency_ms=dict(type="float"),
+    method=dict(type="str"),
+    validate_certs=dict(type="bool"),
+    headers=dict(type="dict"),
+    # tcp and postgres
+    host=dict(type="str"),
+    port=dict(type="int"),
+    # container: the project options of the lead's compose modules, none of them required here
+    project_dir=dict(PROJECT_ARGUMENT_SPEC["project_dir"], required=False),
+    files=dict(PROJECT_ARGUMENT_SPEC["files"]),
+    project_name=dict(PROJECT_ARGUMENT_SPEC["project_name"]),
+    services=dict(type="list", elements="str"),
+    # postgres
+    user=dict(type="str"),
+    password=dict(type="str", no_log=True),
+    database=dict(type="str"),
+)
+
+POLL_ARGUMENT_SPEC = dict(
+    retries=dict(type="int", default=0),
+    interval_s=dict(type="float", default=1.0),
+    deadline_s=dict(type="float", default=60.0),
+    consecutive_successes=dict(type="int", default=1),
+    consecutive_failures=dict(type="int"),
+    watch_s=dict(type="float"),
+)
+
+
+
+def module_argument_spec():
+    """The health_check module's full argument spec (also used by its action plugin)."""
+    spec = dict(
+        checks=dict(type="list", elements="dict", required=True, options=CHECK_ARGUMENT_SPEC),
+        fail_on_unhealthy=dict(type="bool", default=True),
+        validate_only=dict(type="bool", default=False),
+    )
+    spec.update(POLL_ARGUMENT_SPEC)
+    return spec
+
+
+_REQUIRED = object()
+
+# Per type: the options it accepts and their defaults (_REQUIRED: must be given).
+TYPE_OPTIONS = {
+    "http": dict(url=_REQUIRED, status=[200], body_regex=None, max_latency_ms=None,
+                 method="GET", validate_certs=True, headers=None),
+    "tcp": dict(host="127.0.0.1", port=_REQUIRED),
+    "container": dict(project_dir=None, files=None, project_name=None, services=None),
+    "postgres": dict(host="127.0.0.1", port=5432, user="postgres", password=None,
+                     database="postgres"),
+}
+COMMON_OPTIONS = ("name", "type", "timeout_s")
+
+HISTORY_CAP = 50
+# A probe gets this much time beyond its own timeout before the round stops waiting for it
+# (the libraries' own timeouts are per socket operation, not per answer).
+WATCHDOG_GRACE_S = 0.5
+MAX_BODY_BYTES = 1024 * 1024
+MAX_ERROR_CHARS = 300
+
+
+class HealthSpecError(Exception):
+    """A check or polling specification is invalid; the message is one line."""
+
+
+# -- results ------------------------------------------------------------------------------
+
+class CheckResult:
+    """The outcome of one probe."""
+
+    def __init__(self, check, ok, latency_ms=None, error=None, status=None, containers=None):
+        self.name = check.name
+        self.type = check.type
+        self.ok = ok
+        self.latency_ms = latency_ms
+        self.error = _clip(error) if error else None
+        self.status = status
+        self.containers = containers
+
+    def as_dict(self):
+        result = dict(
+            name=self.name,
+            type=self.type,
+            ok=self.ok,
+            latency_ms=None if self.latency_ms is None else round(self.latency_ms, 1),
+            error=self.error,
+            status=self.status,
+        )
+        if self.type == "container":
+            result["containers"] = self.containers or []
+        return result
+
+
+def _clip(text):
+    text = one_line(text)
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[:MAX_ERROR_CHARS - 3] + "..."
+    return text
+
+
+def _seconds(value):
+    return "%.1f s" % value
+
+
+def describe_os_error(exc, timeout_s, host=None):
+    """A short, one-line description of a network error."""
+    if isinstance(exc, urllib_error.URLError) and not isinstance(exc, urllib_error.HTTPError):
+        reason = exc.reason
+        if isinstance(reason, BaseException):
+            return describe_os_error(reason, timeout_s, host)
+        text = str(reason)
+        if "timed out" in text:
+            return "timed out after %s" % _seconds(timeout_s)
+        return one_line(text)
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "timed out after %s" % _seconds(timeout_s)
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, http.client.RemoteDisconnected):  # before its base ConnectionResetError
+        return "connection closed without an answer"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset by peer"
+    if isinstance(exc, socket.gaierror):
+        return "cannot resolve host %r" % host if host else "cannot resolve host"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "TLS certificate verify failed: %s" % (exc.verify_message or one_line(exc))
+    if isinstance(exc, ssl.SSLError):
+        return "TLS error: %s" % (exc.reason or one_line(exc))
+    if isinstance(exc, http.client.HTTPException):
+        return "invalid HTTP answer: %s: %s" % (type(exc).__name__, one_line(exc))
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[0].lower() + exc.strerror[1:]
+    return "%s: %s" % (type(exc).__name__, one_line(exc))
+
+
+# -- checks ---------------------------------------------------------------------------------
+
+class Check:
+    """One validated check specification. Subclasses implement probe()."""
+
+    type = None
+
+    def __init__(self, options):
+        self.name = options["name"]
+        self.timeout_s = options["timeout_s"]
+
+    def probe(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def timed_out(self, elapsed_s):
+        return CheckResult(self, ok=False, latency_ms=elapsed_s * 1000.0,
+                           error="timed out after %s" % _seconds(self.timeout_s))
+
+    def describe(self):
+        return CheckResult(self, ok=None)
+
+
+class _NoRedirect(urllib_request.HTTPRedirectHandler):
+    """A health endpoint that redirects (say, to a login page) is reported as it answered."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+class HttpCheck(Check):
+    type = "http"
+
+    def __init__(self, options):
+        super().__init__(options)
+        self.url = options["url"]
+        self.status = list(options["status"])
+        self.body_regex = options["body_regex"]
+        self.pattern = re.compile(self.body_regex) if self.body_regex is not None else None
+        self.max_latency_ms = options["max_latency_ms"]
+        self.method = options["method"]
+        self.headers = dict(options["headers"] or {})
+        self.host = urlsplit(self.url).hostname
+        if options["validate_certs"]:
+            context = ssl.create_default_context()
+        else:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        # An empty ProxyHandler: http_proxy/https_proxy from the environment are ignored, a
+        # health check must reach the host itself.
+        self.opener = urllib_request.build_opener(
+            urllib_request.ProxyHandler({}),
+            urllib_request.HTTPSHandler(context=context),
+            _NoRedirect(),
+        )
+
+    def expected_status(self):
+        return ", ".join(str(code) for code in self.status)
+
+    def probe(self):
+        request = urllib_request.Request(self.url, method=self.method, headers=self.headers)
+        request.add_header("User-Agent", "lastgood.rollback.health_check")
+        started = time.monotonic()
+        body = None
+        try:
+            try:
+                response = self.opener.open(request, timeout=self.timeout_s)
+            except urllib_error.HTTPError as answer:  # non-2xx: still an answer with a status
+                response = answer
+            try:
+                status = response.getcode()
+                if self.pattern is not None:
+                    body = response.read(MAX_BODY_BYTES)
+            finally:
+                response.close()
+        except Exception as exc:  # every network failure becomes the check's error
+            return CheckResult(self, ok=False, latency_ms=(time.monotonic() - started) * 1000.0,
+                               error=describe_os_error(exc, self.timeout_s, self.host))
+        latency_ms = (time.monotonic() - started) * 1000.0
+        error = None
+        if status not in self.status:
+            error = "HTTP %s (expected %s)" % (status, self.expected_status())
+        elif self.pattern is not None and not self.pattern.search(body.decode("utf-8", "replace")):
+            error = "body does not match %r" % self.body_regex
+        elif self.max_latency_ms is not None and latency_ms > self.max_latency_ms:
+            error = "latency %.0f ms > %g ms" % (latency_ms, self.max_latency_ms)
+        return CheckResult(self, ok=error is None, latency_ms=latency_ms, error=error, status=status)
+
+
+class TcpCheck(Check):
+    type = "tcp"
+
+    def __init__(self, options):
+        super().__init__(options)
+        self.host = options["host"]
+        self.port = options["port"]
+
+    def probe(self):
+        started = time.monotonic()
+        try:
+            connection = socket.create_connection((self.host, self.port), timeout=self.timeout_s)
+        except Exception as exc:
+            return CheckResult(self, ok=False, latency_ms=(time.monotonic() - started) * 1000.0,
+                               error=describe_os_error(exc, self.timeout_s, self.host))
+        latency_ms = (time.monotonic() - started) * 1000.0
+        connection.close()
+        return CheckResult(self, ok=True, latency_ms=latency_ms)
+
+
+class ContainerCheck(Check):
+    """All containers of the chosen services of a compose project run (and are healthy)."""
+
+    type = "container"
+
+    def __init__(self, options):
+        super().__init__(options)
+        self.project_dir = options["project_dir"]
+        self.files = options["files"]
+        self.project_name = options["project_name"]
+        self.services = options["services"]
+        # The compose project name, resolved once before probing (see the module).
+        self.project = self.project_name
+        self._client = None
+
+    def _docker_client(self):
+        if self._client is None:
+            self._client = _docker.docker.from_env(timeout=max(1, int(math.ceil(self.timeout_s))))
+        return self._client
+
+    def probe(self):
+        started = time.monotonic()
+        try:
+            by_service = _docker.project_containers(self._docker_client(), self.project)
+        except Exception as exc:
+            self._client = None  # a fresh connection next round
+            return CheckResult(self, ok=False, latency_ms=(time.monotonic() - started) * 1000.0,
+                               error="Docker engine: %s" % one_line(exc))
+        latency_ms = (time.monotonic() - started) * 1000.0
+        error, containers = evaluate_containers(self.project, by_service, self.services)
+        return CheckResult(self, ok=error is None, latency_ms=latency_ms, error=error,
+                           containers=containers)
+
+
+def evaluate_containers(project, by_service, services=None):
+    """(error or None, container summaries) for the services of a project.
+
+    `by_service` is what _docker.project_containers() returns. A container is fine when it
+    runs and, if it has a Docker healthcheck, is `healthy`.
+    """
+    wanted = list(services) if services else sorted(by_service)
+    problems = []
+    containers = []
+    if not wanted:
+        return "project %r has no containers" % project, containers
+    for service in wanted:
+        found = by_service.get(service) or []
+        if not found:
+            problems.append("service %s has no containers" % service)
+        for container in found:
+            containers.append(dict(service=service, name=container["name"],
+                                   state=container["state"], health=container["health"]))
+            if container["state"] != "running":
+                detail = container["state"]
+                if container["state"] == "exited":
+                    detail += " (exit code %s)" % container["exit_code"]
+                problems.append("%s is %s" % (container["name"], detail))
+            elif container["health"] not in (None, "healthy"):
+                problems.append("%s is %s" % (container["name"], container["health"]))
+    return ("; ".join(problems) if problems else None), containers
+
+
+class PostgresCheck(Check):
+    type = "postgres"
+
+    def __init__(self, options):
+        super().__init__(options)
+        self.host = options["host"]
+        self.port = options["port"]
+        self.user = options["user"]
+        self.password = options["password"]
+        self.database = options["database"]
+
+    def probe(self):
+        # libpq counts connect_timeout in whole seconds, at least 2; the round's watchdog
+        # holds the check to timeout_s regardless.
+        params = dict(
+            host=self.host, port=self.port, user=self.user, dbname=self.database,
+            connect_timeout=max(2, int(math.ceil(self.timeout_s))),
+            application_name="lastgood.rollback.health_check",
+            options="-c statement_timeout=%d" % max(1, int(self.timeout_s * 1000)),
+        )
+        if self.password is not None:
+            params["password"] = self.password
+        started = time.monotonic()
+        try:
+            connection = psycopg2.connect(**params)
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT 1")
+                    row = cursor.fetchone()
+            finally:
+                connection.close()
+        except Exception as exc:
+            return CheckResult(self, ok=False, latency_ms=(time.monotonic() - started) * 1000.0,
+                               error=describe_postgres_error(exc, self.timeout_s))
+        latency_ms = (time.monotonic() - started) * 1000.0
+        if not row or row[0] != 1:
+            return CheckResult(self, ok=False, latency_ms=latency_ms,
+                               error="SELECT 1 returned %r" % (row,))
+        return CheckResult(self, ok=True, latency_ms=latency_ms)
+
+
+def describe_postgres_error(exc, timeout_s):
+    text = str(exc)
+    if "Connection refused" in text:
+        return "connection refused"
+    if "timeout expired" in text or "statement timeout" in text:
+        return "timed out after %s" % _seconds(timeout_s)
+    # libpq: 'connection to server at "h", port p failed: FATAL:  <reason>'
+    marker = " failed: "
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    return one_line(text) or type(exc).__name__
+
+
+CHECK_CLASSES = dict(http=HttpCheck, tcp=TcpCheck, container=ContainerCheck, postgres=PostgresCheck)
+
+
+# -- parsing and validation -------------------------------------------------------------------
+
+def parse_checks(raw_checks, environ=None):
+    """Validate the `checks` option and return Check objects; raise HealthSpecError.
+
+    Nothing is probed. `environ` (default os.environ) supplies PGPASSWORD for postgres
+    checks without a password.
+    """
+    environ = os.environ if environ is None else environ
+    if not raw_checks:
+        raise HealthSpecError("checks must not be empty")
+    checks = []
+    seen = set()
+    for index, raw in enumerate(raw_checks):
+        name = raw.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise HealthSpecError("checks[%d]: name must be a non-empty string" % index)
+        if name in seen:
+            raise HealthSpecError("duplicate check name %r" % name)
+        seen.add(name)
+        options = _apply_type_defaults(name, raw)
+        _VALIDATORS[options["type"]](name, options)
+        if options["type"] == "postgres" and options["password"] is None:
+            options["password"] = environ.get("PGPASSWORD")
+        checks.append(CHECK_CLASSES[options["type"]](options))
+    return checks
+
+
+def _apply_type_defaults(name, raw):
+    check_type = raw.get("type")
+    if check_type is None:
+        if raw.get("url") is not None:
+            check_type = "http"
+        elif raw.get("port") is not None:
+            check_type = "tcp"
+        else:
+            raise HealthSpecError(
+                "check %r: type is required when neither url (http) nor port (tcp) is given" % name)
+    if check_type not in CHECK_CLASSES:
+        raise HealthSpecError("check %r: unknown type %r (one of %s)"
+                              % (name, check_type, ", ".join(CHECK_TYPES)))
+    accepted = TYPE_OPTIONS[check_type]
+    foreign = sorted(key for key, value in raw.items()
+                     if value is not None and key not in COMMON_OPTIONS and key not in accepted)
+    if foreign:
+        raise HealthSpecError("check %r: %s not valid for type %s"
+                              % (name, ", ".join(foreign), check_type))
+    options = dict(name=name, type=check_type, timeout_s=raw.get("timeout_s"))
+    if options["timeout_s"] is None:
+        options["timeout_s"] = CHECK_ARGUMENT_SPEC["timeout_s"]["default"]
+    for key, default in accepted.items():
+        value = raw.get(key)
+        if value is None:
+            if default is _REQUIRED:
+                raise HealthSpecError("check %r: %s is required for type %s" % (name, key, check_type))
+            value = default
+        options[key] = value
+    if not options["timeout_s"] > 0:
+        raise HealthSpecError("check %r: timeout_s must be greater than 0" % name)
+    return options
+
+
+def validate_url(url):
+    """None when `url` is a usable http(s) URL, else the reason it is not."""
+    if not isinstance(url, str) or not url:
+        return "url is empty"
+    if any(char.isspace() for char in url):
+        return "url contains whitespace"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. "Invalid IPv6 URL"
+        return "url %s" % one_line(exc).lower()
+    if parts.scheme not in ("http", "https"):
+        return "url scheme must be http or https"
+    if not parts.hostname:
+        return "url has no host"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        return "url port must be a number in 1-65535"
+    return None
+
+
+def _validate_http(name, options):
+    problem = validate_url(options["url"])
+    if problem:
+        raise HealthSpecError("check %r: malformed url: %s" % (name, problem))
+    if not options["status"]:
+        raise HealthSpecError("check %r: status must list at least one HTTP status code" % name)
+    for code in options["status"]:
+        if not 100 <= code <= 599:
+            raise HealthSpecError("check %r: status %d is not an HTTP status code (100-599)" % (name, code))
+    if options["body_regex"] is not None:
+        try:
+            re.compile(options["body_regex"])
+        except re.error as exc:
+            raise HealthSpecError("check %r: invalid body_regex %r: %s" % (name, options["body_regex"], exc))
+    if options["max_latency_ms"] is not None and not options["max_latency_ms"] > 0:
+        raise HealthSpecError("check %r: max_latency_ms must be greater than 0" % name)
+    method = options["method"].upper()
+    if not re.match(r"^[A-Z]+$", method):
+        raise HealthSpecError("check %r: invalid method %r" % (name, options["method"]))
+    options["method"] = method
+    headers = {}
+    for key, value in (options["headers"] or {}).items():
+        value = "" if value is None else str(value)
+        if not re.match(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", str(key)) or "\r" in value or "\n" in value:
+            raise HealthSpecError("check %r: invalid header %r" % (name, key))
+        headers[str(key)] = value
+    options["headers"] = headers
+
+
+def _validate_port(name, port):
+    if not 1 <= port <= 65535:
+        raise HealthSpecError("check %r: port %d is not in 1-65535" % (name, port))
+
+
+def _validate_host(name, host):
+    if not host or any(char.isspace() for char in host):
+        raise HealthSpecError("check %r: invalid host %r" % (name, host))
+
+
+def _validate_tcp(name, options):
+    _validate_host(name, options["host"])
+    _validate_port(name, options["port"])
+
+
+def _validate_container(name, options):
+    if not options["project_dir"] and not options["project_name"]:
+        raise HealthSpecError("check %r: a container check needs project_dir or project_name" % name)
+    if options["files"] and not options["project_dir"]:
+        raise HealthSpecError("check %r: files needs project_dir" % name)
+    if options["services"] is not None:
+        if not options["services"] or not all(options["services"]):
+            raise HealthSpecError("check %r: services must be non-empty names (omit it for all services)" % name)
+
+
+def _validate_postgres(name, options):
+    _validate_host(name, options["host"])
+    _validate_port(name, options["port"])
+    for key in ("user", "database"):
+        if not options[key]:
+            raise HealthSpecError("check %r: %s must not be empty" % (name, key))
+
+
+_VALIDATORS = dict(http=_validate_http, tcp=_validate_tcp, container=_validate_container,
+                   postgres=_validate_postgres)
+
+
+class PollSettings:
+    """The validated polling options."""
+
+    def __init__(self, retries=0, interval_s=1.0, deadline_s=60.0, consecutive_successes=1,
+                 consecutive_failures=None, watch_s=None):
+        if retries < 0:
+            raise HealthSpecError("retries must be 0 or more")
+        if interval_s < 0:
+            raise HealthSpecError("interval_s must be 0 or more")
+        if deadline_s < 0:
+            raise HealthSpecError("deadline_s must be 0 or more")
+        if consecutive_successes < 1:
+            raise HealthSpecError("consecutive_successes must be 1 or more")
+        if consecutive_failures is not None and consecutive_failures < 1:
+            raise HealthSpecError("consecutive_failures must be 1 or more")
+        if watch_s is not None and not watch_s > 0:
+            raise HealthSpecError("watch_s must be greater than 0")
+        if watch_s is None and consecutive_successes > retries + 1:
+            raise HealthSpecError(
+                "consecutive_successes=%d can never be reached with retries=%d (at most %s)"
+                % (consecutive_successes, retries, _plural(retries + 1, "round")))
+        self.retries = retries
+        self.interval_s = interval_s
+        self.deadline_s = deadline_s
+        self.consecutive_successes = consecutive_successes
+        self.watch_s = watch_s
+        # Watching, one failed round is enough by default; waiting, failed rounds only end
+        # the loop early when asked to.
+        if consecutive_failures is None and watch_s is not None:
+            consecutive_failures = 1
+        self.consecutive_failures = consecutive_failures
+
+    @classmethod
+    def from_params(cls, params):
+        return cls(**{key: params[key] for key in POLL_ARGUMENT_SPEC})
+
+    @property
+    def watching(self):
+        return self.watch_s is not None
+
+
+# -- running ------------------------------------------------------------------------------
+
+def _probe_into(check, box):
+    try:
+        box["result"] = check.probe()
+    except Exception as exc:  # a bug in a probe must not become a traceback
+        box["result"] = CheckResult(check, ok=False, error="internal error: %s: %s"
+                                    % (type(exc).__name__, one_line(exc)))
+
+
+def run_round(checks, grace_s=WATCHDOG_GRACE_S, clock=time.monotonic):
+    """Probe every check in parallel; the round takes as long as its slowest check.
+
+    A probe still busy `grace_s` after its timeout is reported as timed out and left behind
+    (daemon thread), so a round is bounded by the largest timeout_s plus grace_s.
+    """
+    started = clock()
+    boxes = []
+    for check in checks:
+        box = {}
+        thread = threading.Thread(target=_probe_into, args=(check, box),
+                                  name="health-check-%s" % check.name)
+        thread.daemon = True
+        thread.start()
+        boxes.append((check, thread, box))
+    results = []
+    for check, thread, box in boxes:
+        thread.join(max(0.0, started + check.timeout_s + grace_s - clock()))
+        result = box.get("result")  # read once: a late probe cannot change it afterwards
+        if result is None:
+            result = check.timed_out(clock() - started)
+        results.append(result)
+    return results
+
+
+class PollOutcome:
+    def __init__(self):
+        self.healthy = False
+        self.results = []
+        self.rounds = 0
+        self.consecutive_successes = 0
+        self.consecutive_failures = 0
+        self.elapsed_s = 0.0
+        self.first_ok_after_s = None
+        self.history = collections.deque(maxlen=HISTORY_CAP)
+        self.stop_reason = None
+
+
+def poll(round_runner, settings, clock=time.monotonic, sleep=time.sleep):
+    """Run rounds until the settings say stop; return a PollOutcome.
+
+    Waiting (no watch_s): stop healthy after `consecutive_successes` all-ok rounds in a row;
+    unhealthy once `retries` rounds after the first are used up, the deadline has passed or
+    (if set) `consecutive_failures` failed rounds came in a row.
+    Watching (watch_s): rounds run until watch_s has elapsed; unhealthy as soon as
+    `consecutive_failures` failed rounds came in a row, healthy if the window closes first.
+    Between rounds the loop sleeps interval_s, cut short so that the last round starts at the
+    deadline (the end of the window), never after it.
+    """
+    outcome = PollOutcome()
+    started = clock()
+    end = started + (settings.watch_s if settings.watching else settings.deadline_s)
+    while True:
+        outcome.results = round_runner()
+        outcome.rounds += 1
+        now = clock()
+        failing = [result.name for result in outcome.results if not result.ok]
+        outcome.history.append(failing)
+        if failing:
+            outcome.consecutive_failures += 1
+            outcome.consecutive_successes = 0
+        else:
+            outcome.consecutive_successes += 1
+            outcome.consecutive_failures = 0
+            if outcome.first_ok_after_s is None:
+                outcome.first_ok_after_s = now - started
+        if settings.consecutive_failures and outcome.consecutive_failures >= settings.consecutive_failures:
+            outcome.healthy, outcome.stop_reason = False, "failures"
+            break
+        if not settings.watching:
+            if outcome.consecutive_successes >= settings.consecutive_successes:
+                outcome.healthy, outcome.stop_reason = True, "successes"
+                break
+            if outcome.rounds > settings.retries:
+                outcome.healthy, outcome.stop_reason = False, "retries"
+                break
+        if now >= end:
+            outcome.healthy = settings.watching
+            outcome.stop_reason = "window" if settings.watching else "deadline"
+            break
+        sleep(min(settings.interval_s, end - now))
+    outcome.elapsed_s = clock() - started
+    return outcome
+
+
+# -- reporting ------------------------------------------------------------------------------
+
+def _plural(count, word):
+    return "%d %s%s" % (count, word, "" if count == 1 else "s")
+
+
+def summary(outcome, settings):
+    """The one-line `msg`."""
+    results = outcome.results
+    failing = [result for result in results if not result.ok]
+    ok_count = len(results) - len(failing)
+    where = "%s in %s" % (_plural(outcome.rounds, "round"), _seconds(outcome.elapsed_s))
+    failures = "; ".join("%s: %s" % (result.name, result.error) for result in failing)
+    if outcome.healthy:
+        text = "healthy: %d/%d checks ok" % (ok_count, len(results))
+        if not settings.watching:
+            return "%s after %s (%s)" % (text, _plural(outcome.rounds, "round"), _seconds(outcome.elapsed_s))
+        if settings.consecutive_failures == 1:
+            text = "healthy: watched %s without a failed round" % _seconds(settings.watch_s)
+        else:
+            text = "healthy: watched %s without %d failed rounds in a row" % (
+                _seconds(settings.watch_s), settings.consecutive_failures)
+        if failing:
+            return "%s (%s; last round: %s)" % (text, where, failures)
+        return "%s (%s)" % (text, where)
+    reason = {
+        "failures": "%s in a row" % _plural(outcome.consecutive_failures, "failed round"),
+        "retries": "retries exhausted",
+        "deadline": "deadline %s reached" % _seconds(settings.deadline_s),
+    }[outcome.stop_reason]
+    if not failing:  # the last round was fine, just not enough of them in a row
+        failures = "%d of %d required consecutive all-ok rounds" % (
+            outcome.consecutive_successes, settings.consecutive_successes)
+    return "unhealthy: %s (%s, %s)" % (failures, where, reason)
+
+
+def result_dict(outcome, settings):
+    """The module's return values apart from `changed`."""
+    return dict(
+        healthy=outcome.healthy,
+        checks=[result.as_dict() for result in outcome.results],
+        rounds=outcome.rounds,
+        consecutive_successes=outcome.consecutive_successes,
+        consecutive_failures=outcome.consecutive_failures,
+        elapsed_s=round(outcome.elapsed_s, 3),
+        first_ok_after_s=None if outcome.first_ok_after_s is None else round(outcome.first_ok_after_s, 3),
+        history=list(outcome.history),
+        msg=summary(outcome, settings),
+    )
+
+
+def validation_result(checks):
+    """The module's return values for validate_only: the checks, nothing probed."""
+    kinds = ", ".join("%s (%s)" % (check.name, check.type) for check in checks)
+    return dict(
+        healthy=None,
+        checks=[check.describe().as_dict() for check in checks],
+        rounds=0,
+        consecutive_successes=0,
+        consecutive_failures=0,
+        elapsed_s=0.0,
+        first_ok_after_s=None,
+        history=[],
+        msg="valid: %s: %s; nothing probed" % (_plural(len(checks), "check"), kinds),
+    )
