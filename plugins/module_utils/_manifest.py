@@ -263,3 +263,24 @@ def stale_staging(root):
         return sorted(n for n in os.listdir(root) if n.startswith(_STAGING_PREFIX))
     except OSError:
         return []
+
+
+def load_verified_snapshot(backup_root, project_name, snapshot_id=None, check_files=True, allow_bad=False):
+    """(id, directory, manifest) of a snapshot that is safe to roll back onto.
+
+    Resolves the id (last known good by default), verifies the manifest checksum and, with
+    `check_files`, every recorded file copy; refuses a snapshot marked bad unless allowed.
+    Raises ManifestError with one line naming the problem.
+    """
+    snapshot_id, directory = resolve_snapshot(backup_root, project_name, snapshot_id)
+    manifest = load_manifest(directory)
+    if not allow_bad and is_bad(directory):
+        marker = read_bad_marker(directory) or {}
+        raise ManifestError("snapshot %s is marked bad (%s); choose another snapshot"
+                            % (snapshot_id, marker.get("reason") or "no reason given"))
+    if check_files:
+        damaged = verify_files(directory, manifest)
+        if damaged:
+            raise ManifestError("snapshot %s is damaged: file copies do not match their sha256: %s"
+                                % (snapshot_id, ", ".join(damaged)))
+    return snapshot_id, directory, manifest

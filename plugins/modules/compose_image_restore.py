@@ -38,8 +38,18 @@ options:
   services:
     description:
       - Per service name the recorded C(image) reference and C(image_id), as in a snapshot manifest.
+      - When omitted, the module reads and verifies the snapshot O(snapshot_id) under O(backup_root) itself
+        (manifest checksum, file copies, bad marker), which saves a separate M(lastgood.rollback.snapshot_info) call.
     type: dict
-    required: true
+  backup_root:
+    description:
+      - Directory holding the snapshots, when O(services) is omitted.
+    type: path
+    default: /var/backups/lastgood
+  snapshot_id:
+    description:
+      - Snapshot to restore when O(services) is omitted. Defaults to the last-known-good snapshot.
+    type: str
   only:
     description:
       - Restrict the restore to these services. Unknown names are refused.
@@ -65,6 +75,12 @@ EXAMPLES = r"""
     services: "{{ snapshot.manifest.services }}"
   register: restore
 
+- name: Or in one step, from the last-known-good snapshot
+  lastgood.rollback.compose_image_restore:
+    project_dir: /srv/shop
+    backup_root: /var/backups/lastgood
+  register: restore
+
 - name: Recreate only the services that run another image
   lastgood.rollback.compose_service:
     project_dir: /srv/shop
@@ -74,6 +90,14 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+snapshot_id:
+  description: The snapshot read when O(services) was omitted, else null.
+  returned: always
+  type: str
+project_name:
+  description: The compose project name.
+  returned: always
+  type: str
 services:
   description: Per restored service, what was (or would be) done.
   returned: always
@@ -124,7 +148,12 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._docker import (
     one_line,
     split_reference,
 )
-from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import compact_timestamp, utc_now
+from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import (
+    ManifestError,
+    compact_timestamp,
+    load_verified_snapshot,
+    utc_now,
+)
 from ansible_collections.lastgood.rollback.plugins.module_utils._state import live_services
 
 
@@ -224,22 +253,34 @@ def short(image):
 
 def main():
     argument_spec = dict(
-        services=dict(type="dict", required=True),
+        services=dict(type="dict"),
+        backup_root=dict(type="path", default="/var/backups/lastgood"),
+        snapshot_id=dict(type="str"),
         only=dict(type="list", elements="str"),
         tag_replaced=dict(type="bool", default=True),
     )
     argument_spec.update(PROJECT_ARGUMENT_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
+                           mutually_exclusive=[("services", "snapshot_id")])
     params = module.params
 
+    project = load_project(module, params)
+    snapshot_id = None
     recorded = params["services"]
+    if recorded is None:
+        try:
+            snapshot_id, _directory, manifest = load_verified_snapshot(
+                params["backup_root"], project.name, params["snapshot_id"])
+        except ManifestError as exc:
+            module.fail_json(msg=str(exc))
+        recorded = manifest["services"]
+    all_recorded = recorded
     if params["only"]:
         unknown = sorted(set(params["only"]) - set(recorded))
         if unknown:
             module.fail_json(msg="only names services the record does not have: %s" % ", ".join(unknown))
         recorded = {name: recorded[name] for name in params["only"]}
 
-    project = load_project(module, params)
     client = docker_client(module)
     restore = ImageRestore(module, client, project, recorded)
     live = restore.verify()
@@ -248,11 +289,13 @@ def main():
     plan = restore.plan
     module.exit_json(
         changed=any(step["retagged"] for step in plan.values()),
+        snapshot_id=snapshot_id,
+        project_name=project.name,
         services=plan,
         recreate=sorted(name for name, step in plan.items() if step["needs_recreate"]),
         unchanged=sorted(name for name, step in plan.items()
                          if not step["retagged"] and not step["needs_recreate"]),
-        not_in_snapshot=sorted(set(live) - set(params["services"])),
+        not_in_snapshot=sorted(set(live) - set(all_recorded)),
         actions=restore.actions,
         diff=dict(
             before="".join("%s: %s\n" % (n, s["before_image_id"]) for n, s in sorted(plan.items())),

@@ -107,11 +107,6 @@ bad:
   description: The bad marker (C(reason), C(marked_at)) or null.
   returned: always
   type: dict
-damaged_files:
-  description: Recorded files whose copy is missing or no longer matches its sha256 (with O(verify_files)).
-  returned: always
-  type: list
-  elements: str
 missing_images:
   description: Services whose recorded image ID is absent from the engine (with O(require_images)).
   returned: always
@@ -165,11 +160,9 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import
     is_bad,
     last_known_good,
     list_snapshots,
-    load_manifest,
+    load_verified_snapshot,
     project_root,
     read_bad_marker,
-    resolve_snapshot,
-    verify_files,
 )
 from ansible_collections.lastgood.rollback.plugins.module_utils._state import compare_with_manifest
 
@@ -196,9 +189,10 @@ def main():
     project_name = params["project_name"] or project.name
 
     try:
-        snapshot_id, path = resolve_snapshot(params["backup_root"], project_name, params["snapshot_id"])
-        manifest = load_manifest(path)
         root = project_root(params["backup_root"], project_name)
+        snapshot_id, path, manifest = load_verified_snapshot(
+            params["backup_root"], project_name, params["snapshot_id"],
+            check_files=params["verify_files"], allow_bad=params["allow_bad"])
     except ManifestError as exc:
         module.fail_json(msg=str(exc))
 
@@ -206,21 +200,12 @@ def main():
     bad = read_bad_marker(path) if is_bad(path) else None
     result = dict(changed=False, snapshot_id=snapshot_id, snapshot_dir=path, project_name=project_name,
                   manifest=manifest, last_known_good=lkg, is_last_known_good=(lkg == snapshot_id),
-                  bad=bad, damaged_files=[], missing_images=[])
+                  bad=bad, missing_images=[])
     if params["list_snapshots"]:
         result["snapshots"] = [
             dict(id=s, last_known_good=(s == lkg), bad=is_bad(os.path.join(root, s)))
             for s in list_snapshots(root)
         ]
-
-    if bad and not params["allow_bad"]:
-        module.fail_json(msg="snapshot %s is marked bad (%s); choose another snapshot"
-                         % (snapshot_id, bad.get("reason") or "no reason given"), **result)
-    if params["verify_files"]:
-        result["damaged_files"] = verify_files(path, manifest)
-        if result["damaged_files"]:
-            module.fail_json(msg="snapshot %s is damaged: file copies do not match their sha256: %s"
-                             % (snapshot_id, ", ".join(result["damaged_files"])), **result)
     client = docker_client(module) if (params["require_images"] or params["compare_live"]) else None
     if params["compare_live"]:
         result["differences"] = compare_with_manifest(module, project, client, manifest)
