@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Issue figures for tier 2 (images), on the demo stack with one broken service out of three.
+
+(a) wall time of playbooks/rollback_images.yml
+(b) wall time of an empty playbook against the same inventory
+(c) the floor: `docker tag` + `docker compose up -d <service>` + first healthy answer
+Targets: (a) - (b) <= 2 x (c) + 2 s; longest outage seen by a 20 Hz prober during the
+rollback <= (c) + 1 s.  Runs RUNS rounds and prints medians and the worst round.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+
+from common import REPO, Stack, docker_client, empty_playbook, median, playbook, temp_dir, write_inventory
+from prober import Prober
+
+RUNS = int(os.environ.get("RUNS", "3"))
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def healthy(url):
+    try:
+        with _NO_PROXY.open(url, timeout=0.5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def deploy(stack: Stack, image: str):
+    stack.tag_app(image)
+    stack.compose("up", "-d", "--no-deps", "app")
+
+
+def floor_seconds(stack: Stack) -> float:
+    """docker tag + docker compose up -d app + first healthy answer, by hand."""
+    health = stack.url("app", "/health")
+    repo, tag = stack.app_image.rsplit(":", 1)
+    started = time.monotonic()
+    subprocess.run(["docker", "tag", "lastgood-demo/app:v1", f"{repo}:{tag}"], check=True)
+    stack.compose("up", "-d", "--no-deps", "app")
+    deadline = started + 60
+    while not healthy(health):
+        if time.monotonic() > deadline:
+            raise RuntimeError("floor: app never answered healthy")
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def main():
+    work = temp_dir("lastgood-bench-images-")
+    client = docker_client()
+    stack = Stack.create(work, client)
+    try:
+        inventory = write_inventory(work, stack, work / "backups")
+        playbook(inventory, "snapshot")
+        empty = empty_playbook(work)
+        rounds = []
+        for _ in range(RUNS):
+            deploy(stack, "lastgood-demo/app:v2")
+            b, _proc = playbook(inventory, str(empty))
+            with Prober(stack.url("app", "/version")) as prober:
+                time.sleep(0.5)  # let the prober establish a baseline before the rollback starts
+                started = time.monotonic()
+                a, proc = playbook(inventory, "rollback_images")
+                ended = time.monotonic()
+                time.sleep(0.3)
+            outage = prober.longest_outage_s(started, ended)
+            recovered = prober.first_ok_after(started)
+            deploy(stack, "lastgood-demo/app:v2")
+            c = floor_seconds(stack)
+            stack.tag_app("lastgood-demo/app:v1")
+            rounds.append(dict(a=a, b=b, c=c, outage=outage, probes=prober.counts()))
+            print(f"round: a={a:.2f}s b={b:.2f}s c={c:.2f}s a-b={a - b:.2f}s outage={outage:.2f}s "
+                  f"probes={prober.counts()[0]} failed={prober.counts()[1]}", flush=True)
+
+        a = median(r["a"] for r in rounds)
+        b = median(r["b"] for r in rounds)
+        c = median(r["c"] for r in rounds)
+        outage = median(r["outage"] for r in rounds)
+        worst_margin = max((r["a"] - r["b"]) - (2 * r["c"] + 2) for r in rounds)
+        worst_outage_margin = max(r["outage"] - (r["c"] + 1) for r in rounds)
+        print()
+        print(f"rollback_images.yml (a): {a:.2f} s   empty playbook (b): {b:.2f} s   floor (c): {c:.2f} s")
+        print(f"(a) - (b) = {a - b:.2f} s   target <= 2 x (c) + 2 = {2 * c + 2:.2f} s   "
+              f"{'MET' if a - b <= 2 * c + 2 else 'MISSED'} (worst round margin {worst_margin:+.2f} s)")
+        print(f"longest outage (20 Hz prober on /version): {outage:.2f} s   target <= (c) + 1 = {c + 1:.2f} s   "
+              f"{'MET' if outage <= c + 1 else 'MISSED'} (worst round margin {worst_outage_margin:+.2f} s)")
+        return 0 if (a - b <= 2 * c + 2 and outage <= c + 1) else 1
+    finally:
+        stack.destroy()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO / "bench"))
+    sys.exit(main())
