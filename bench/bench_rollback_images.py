@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Issue figures for tier 2 (images), on the demo stack with one broken service out of three.
 
 (a) wall time of playbooks/rollback_images.yml
@@ -63,7 +62,7 @@ def main():
         rounds = []
         for _ in range(RUNS):
             deploy(stack, "lastgood-demo/app:v2")
-            b, _proc = playbook(inventory, str(empty))
+            b = playbook(inventory, str(empty))[0]
             with Prober(stack.url("app", "/version")) as prober:
                 time.sleep(0.5)  # let the prober establish a baseline before the rollback starts
                 started = time.monotonic()

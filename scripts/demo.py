@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """make demo: the image-tier rollback, told on the demo stack.
 
 v1 up -> snapshot -> deploy v2 (its health check fails) -> the gate fails ->
@@ -99,7 +98,7 @@ def main():
     before = containers()
 
     step("verify: the gate fails (5 s deadline)")
-    rc, _ = playbook("verify", "-e", "health_gate_deadline_s=5", check=False)
+    rc = playbook("verify", "-e", "health_gate_deadline_s=5", check=False)[0]
     print("verify exit code: %d (expected non-zero)" % rc)
 
     step("rollback_images: restore the snapshot's images, recreate only what changed, gate")
@@ -127,9 +126,9 @@ def main():
     print("longest outage (/version, 20 Hz prober): %.2f s" % available.longest_outage_s(started, ended))
     total, failed = available.counts()
     print("probes during the demo:   %d, failed %d" % (total, failed))
-    print("the broken image is kept: %s" % run(
-        ["docker", "images", APP, "--format", "{{.Repository}}:{{.Tag}}", "--filter", "reference=*/*:rolled-back-*"],
-        quiet=True).stdout.split()[-1:])
+    kept = run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}",
+                "--filter", "reference=%s:rolled-back-*" % APP], quiet=True).stdout.split()
+    print("the broken image is kept: %s" % (max(kept) if kept else "NOT FOUND"))
     print("\nNext: make test")
     return 0
 

@@ -2,7 +2,7 @@
 # Every quality gate, in order from fastest to slowest; all gates run even when one fails,
 # and the script exits non-zero if any failed. The last line sums the gates up.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 PY=.venv/bin/python
 passed=0
 failed=0

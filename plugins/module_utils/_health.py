@@ -78,7 +78,6 @@ POLL_ARGUMENT_SPEC = dict(
 )
 
 
-
 def module_argument_spec():
     """The health_check module's full argument spec (also used by its action plugin)."""
     spec = dict(
