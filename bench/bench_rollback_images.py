@@ -60,7 +60,7 @@ def main():
         playbook(inventory, "snapshot")
         empty = empty_playbook(work)
         rounds = []
-        for _ in range(RUNS):
+        for _round in range(RUNS):
             deploy(stack, "lastgood-demo/app:v2")
             b = playbook(inventory, str(empty))[0]
             with Prober(stack.url("app", "/version")) as prober:
