@@ -102,8 +102,8 @@ EXAMPLES = r"""
 
 RETURN = r"""
 services:
-  description: Per service, the containers before and after, and readiness.
-  returned: always
+  description: Per service, the containers before and after, and whether they were recreated or started.
+  returned: when O(state=present) and not in check mode
   type: dict
   sample:
     app:
@@ -120,7 +120,7 @@ ready:
   returned: when O(state=present) and O(wait=true) and not in check mode
   type: bool
 not_ready:
-  description: Per service, why it is not ready.
+  description: Per service, why it is not ready (empty when all are).
   returned: always
   type: dict
 wait_s:

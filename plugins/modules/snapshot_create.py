@@ -16,7 +16,7 @@ description:
   - Writes C(<backup_root>/<project>/<snapshot_id>/manifest.json) with a C(manifest.json.sha256) beside it.
     The snapshot is assembled in a staging directory and published by a single rename, so an interrupted
     run never leaves a half-written snapshot behind.
-  - Pins every recorded image with the tag C(<repository>:lastgood-<snapshot_id>) so that the images a
+  - Pins every recorded image with the tag C(<repository>:lastgood-<project>-<snapshot_id>) so that the images a
     rollback needs survive C(docker image prune) after a deploy moved their other tags away.
   - Applies retention (O(keep)) and never prunes the last-known-good snapshot nor the newest one.
   - Does not mark the snapshot last known good; M(lastgood.rollback.snapshot_mark) does that once a
@@ -60,7 +60,7 @@ options:
     type: str
   pin_images:
     description:
-      - Tag each recorded image ID as C(<repository>:lastgood-<snapshot_id>).
+      - Tag each recorded image ID as C(<repository>:lastgood-<project>-<snapshot_id>).
     type: bool
     default: true
   keep:
@@ -223,9 +223,10 @@ def describe_files(project_dir, files):
     return recorded
 
 
-def pin_reference(reference, snapshot_id):
+def pin_reference(reference, project_name, snapshot_id):
+    """`<repository>:lastgood-<project>-<id>`: ids are unique per project only, and projects share repositories."""
     repository = split_reference(reference)[0]
-    return "%s:%s%s" % (repository, PIN_TAG_PREFIX, snapshot_id)
+    return "%s:%s%s-%s" % (repository, PIN_TAG_PREFIX, project_name, snapshot_id)
 
 
 def remove_pins(client, manifest_services):
@@ -278,7 +279,7 @@ def main():
         module.fail_json(msg="cannot snapshot: no container and no local image for service(s) %s"
                          % ", ".join(missing))
     for name, entry in services.items():
-        entry["pin"] = pin_reference(entry["image"], snapshot_id) if params["pin_images"] else None
+        entry["pin"] = pin_reference(entry["image"], project.name, snapshot_id) if params["pin_images"] else None
 
     manifest = {
         "format_version": FORMAT_VERSION,
