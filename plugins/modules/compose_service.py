@@ -188,15 +188,23 @@ def up_arguments(params, services, dry_run=False):
     return args + ["--"] + services
 
 
+def service_of_container(project, container_name):
+    """`<project>-<service>-<n>` (compose v2 naming) -> service, so a plan reads like a real run."""
+    for service in project.services:
+        if re.match(r"^%s-%s-\d+$" % (re.escape(project.name), re.escape(service)), container_name):
+            return service
+    return container_name
+
+
 def dry_run_plan(project, params, services):
-    """Compose's own plan: the containers it would create, recreate or start."""
+    """Compose's own plan: the services whose containers it would create, recreate or start."""
     run = project.run_result(up_arguments(params, services, dry_run=True))
     planned = []
     for line in (run["stdout"] + "\n" + run["stderr"]).splitlines():
         match = _DRY_RUN_LINE.search(line)
         # During a recreate compose renames the old container "<id prefix>_<name>": not a step of its own.
         if match and not _RENAMED_CONTAINER.match(match.group(1)):
-            step = "%s %s" % (_DRY_RUN_VERBS[match.group(2)], match.group(1))
+            step = "%s %s" % (_DRY_RUN_VERBS[match.group(2)], service_of_container(project, match.group(1)))
             if step not in planned:
                 planned.append(step)
     return planned, run
