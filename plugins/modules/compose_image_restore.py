@@ -17,8 +17,10 @@ description:
   - Everything is verified before the first tag moves - every service still exists in the project with the
     same configured reference, and every recorded image ID is present locally - and the module fails with
     one line naming every problem otherwise.
-  - Returns the services whose containers run another image and must be recreated (see
-    M(lastgood.rollback.compose_service)); it does not touch containers itself.
+  - Returns the services whose containers run another image. With O(recreate=true) it also recreates
+    exactly those services (C(docker compose up --force-recreate --no-deps --no-build --pull never)) and waits
+    until they run and are healthy, in the same module run; otherwise M(lastgood.rollback.compose_service)
+    can do that step.
 author:
   - lastgood.rollback developers (@lastgood)
 extends_documentation_fragment:
@@ -60,6 +62,21 @@ options:
       - Keep the image being replaced under a C(rolled-back-<timestamp>) tag of its repository.
     type: bool
     default: true
+  recreate:
+    description:
+      - Also recreate the services whose containers run another image than the record, and wait for them.
+      - One module run instead of two on a rollback's critical path.
+    type: bool
+    default: false
+  wait_timeout:
+    description:
+      - With O(recreate=true), seconds the recreated containers get to run and be healthy.
+    type: float
+    default: 120
+  stop_timeout:
+    description:
+      - With O(recreate=true), seconds each old container gets to stop (defaults to the service's C(stop_grace_period)).
+    type: int
 """
 
 EXAMPLES = r"""
@@ -126,6 +143,18 @@ not_in_snapshot:
   returned: always
   type: list
   elements: str
+recreated:
+  description: With O(recreate=true), per recreated service the containers before and after (see M(lastgood.rollback.compose_service)).
+  returned: when O(recreate=true) and a service was recreated
+  type: dict
+ready:
+  description: With O(recreate=true), whether every recreated container runs and is healthy.
+  returned: when O(recreate=true) and a service was recreated
+  type: bool
+wait_s:
+  description: Seconds spent waiting for the recreated containers.
+  returned: when O(recreate=true) and a service was recreated
+  type: float
 actions:
   description: Human-readable list of what was (or would be) done.
   returned: always
@@ -135,8 +164,11 @@ actions:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.lastgood.rollback.plugins.module_utils import _services
 from ansible_collections.lastgood.rollback.plugins.module_utils._compose import (
     PROJECT_ARGUMENT_SPEC,
+    ComposeError,
+    fail_compose,
     load_project,
 )
 from ansible_collections.lastgood.rollback.plugins.module_utils._docker import (
@@ -258,6 +290,9 @@ def main():
         snapshot_id=dict(type="str"),
         only=dict(type="list", elements="str"),
         tag_replaced=dict(type="bool", default=True),
+        recreate=dict(type="bool", default=False),
+        wait_timeout=dict(type="float", default=120),
+        stop_timeout=dict(type="int"),
     )
     argument_spec.update(PROJECT_ARGUMENT_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
@@ -287,12 +322,13 @@ def main():
     restore.apply()
 
     plan = restore.plan
-    module.exit_json(
+    recreate = sorted(name for name, step in plan.items() if step["needs_recreate"])
+    result = dict(
         changed=any(step["retagged"] for step in plan.values()),
         snapshot_id=snapshot_id,
         project_name=project.name,
         services=plan,
-        recreate=sorted(name for name, step in plan.items() if step["needs_recreate"]),
+        recreate=recreate,
         unchanged=sorted(name for name, step in plan.items()
                          if not step["retagged"] and not step["needs_recreate"]),
         not_in_snapshot=sorted(set(live) - set(all_recorded)),
@@ -302,7 +338,17 @@ def main():
             after="".join("%s: %s\n" % (n, s["after_image_id"]) for n, s in sorted(plan.items())),
         ),
     )
-
+    if params["recreate"] and recreate and not module.check_mode:
+        try:
+            up = _services.bring_up(project, client, recreate, wait_timeout=params["wait_timeout"],
+                                    recreate="always", stop_timeout=params["stop_timeout"])
+        except ComposeError as exc:
+            fail_compose(module, exc, **result)
+        result.update(changed=True, recreated=up["services"], ready=up["ready"], wait_s=up["wait_s"],
+                      cmd=up["cmd"], stdout=up["stdout"], stderr=up["stderr"])
+        if not up["ready"]:
+            module.fail_json(msg="images restored, but " + _services.not_ready_msg(up), **result)
+    module.exit_json(**result)
 
 if __name__ == "__main__":
     main()

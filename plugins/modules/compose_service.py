@@ -142,89 +142,16 @@ stderr:
   type: str
 """
 
-import re
-import time
-
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.lastgood.rollback.plugins.module_utils import _services
 from ansible_collections.lastgood.rollback.plugins.module_utils._compose import (
     PROJECT_ARGUMENT_SPEC,
     ComposeError,
     fail_compose,
     load_project,
 )
-from ansible_collections.lastgood.rollback.plugins.module_utils._docker import (
-    docker_client,
-    failed_for_good,
-    project_containers,
-    services_problems,
-)
-
-POLL_INTERVAL_S = 0.1
-# `docker compose up --dry-run` prints one line per resource, e.g. "Container shop-app-1  Recreate".
-_DRY_RUN_LINE = re.compile(r"Container\s+(\S+)\s+(Recreate|Create|Starting|Start)\b")
-_RENAMED_CONTAINER = re.compile(r"^[0-9a-f]{12}_")
-_DRY_RUN_VERBS = {"Recreate": "recreate", "Create": "create", "Starting": "start", "Start": "start"}
-
-
-def brief(containers):
-    return [{"id": c["id"], "state": c["state"], "health": c["health"], "image_id": c["image_id"]}
-            for c in containers]
-
-
-def up_arguments(params, services, dry_run=False):
-    args = ["--dry-run"] if dry_run else []
-    args += ["up", "--detach", "--no-build", "--pull", "never"]
-    if not params["dependencies"]:
-        args.append("--no-deps")
-    if params["recreate"] == "always":
-        args.append("--force-recreate")
-    elif params["recreate"] == "never":
-        args.append("--no-recreate")
-    if params["remove_orphans"]:
-        args.append("--remove-orphans")
-    if params["stop_timeout"] is not None:
-        args += ["--timeout", str(params["stop_timeout"])]
-    return args + ["--"] + services
-
-
-def service_of_container(project, container_name):
-    """`<project>-<service>-<n>` (compose v2 naming) -> service, so a plan reads like a real run."""
-    for service in project.services:
-        if re.match(r"^%s-%s-\d+$" % (re.escape(project.name), re.escape(service)), container_name):
-            return service
-    return container_name
-
-
-def dry_run_plan(project, params, services):
-    """Compose's own plan: the services whose containers it would create, recreate or start."""
-    run = project.run_result(up_arguments(params, services, dry_run=True))
-    planned = []
-    for line in (run["stdout"] + "\n" + run["stderr"]).splitlines():
-        match = _DRY_RUN_LINE.search(line)
-        # During a recreate compose renames the old container "<id prefix>_<name>": not a step of its own.
-        if match and not _RENAMED_CONTAINER.match(match.group(1)):
-            step = "%s %s" % (_DRY_RUN_VERBS[match.group(2)], service_of_container(project, match.group(1)))
-            if step not in planned:
-                planned.append(step)
-    return planned, run
-
-
-def wait_ready(client, project_name, services, timeout):
-    """Poll until every container of `services` is ready, one fails for good, or the deadline."""
-    started = time.monotonic()
-    deadline = started + timeout
-    while True:
-        by_service = project_containers(client, project_name)
-        problems = services_problems(by_service, services)
-        if not problems:
-            return True, {}, time.monotonic() - started
-        broken = {name: problems[name] for name in problems
-                  if any(failed_for_good(c) for c in by_service.get(name, []))}
-        now = time.monotonic()
-        if broken or now >= deadline:
-            return False, broken or problems, now - started
-        time.sleep(min(POLL_INTERVAL_S, deadline - now))
+from ansible_collections.lastgood.rollback.plugins.module_utils._docker import docker_client
 
 
 def main():
@@ -248,58 +175,24 @@ def main():
         module.fail_json(msg="unknown service(s) in project %s: %s" % (project.name, ", ".join(unknown)))
     services = list(params["services"]) or sorted(project.services)
     client = docker_client(module)
-    before = project_containers(client, project.name)
-    result = dict(changed=False, actions=[], not_ready={}, wait_s=0.0)
+    up_options = dict(recreate=params["recreate"], dependencies=params["dependencies"],
+                      remove_orphans=params["remove_orphans"], stop_timeout=params["stop_timeout"])
 
     try:
         if params["state"] == "stopped":
-            running = [s for s in services if any(c["state"] == "running" for c in before.get(s, []))]
-            result["actions"] = ["stop %s" % s for s in running]
-            if running and not module.check_mode:
-                args = ["stop"]
-                if params["stop_timeout"] is not None:
-                    args += ["--timeout", str(params["stop_timeout"])]
-                result.update(project.run_result(args + ["--"] + running))
-            result["changed"] = bool(running)
+            result = _services.stop(project, client, services, params["stop_timeout"], module.check_mode)
         elif module.check_mode:
-            result["actions"], run = dry_run_plan(project, params, services)
-            result.update(run)
-            result["changed"] = bool(result["actions"])
+            actions, run = _services.dry_run_plan(project, services, **up_options)
+            result = dict(run, changed=bool(actions), actions=actions)
         else:
-            result.update(project.run_result(up_arguments(params, services)))
+            result = _services.bring_up(project, client, services, wait=params["wait"],
+                                        wait_timeout=params["wait_timeout"], **up_options)
     except ComposeError as exc:
         fail_compose(module, exc)
-
-    if params["state"] == "present" and not module.check_mode:
-        ready = True
-        if params["wait"]:
-            ready, result["not_ready"], waited = wait_ready(client, project.name, services, params["wait_timeout"])
-            result["wait_s"] = round(waited, 2)
-            result["ready"] = ready
-        after = project_containers(client, project.name)
-        report = {}
-        for name in services:
-            old, new = brief(before.get(name, [])), brief(after.get(name, []))
-            recreated = [c["id"] for c in old] != [c["id"] for c in new]
-            started = [c["state"] for c in old] != [c["state"] for c in new]
-            if recreated:
-                result["actions"].append("recreate %s" % name if old else "create %s" % name)
-            elif started:
-                result["actions"].append("start %s" % name)
-            report[name] = dict(before=old, after=new, recreated=recreated, started=started)
-        result["services"] = report
-        result["changed"] = any(v["recreated"] or v["started"] for v in report.values())
-        result["diff"] = dict(
-            before="".join("%s: %s\n" % (n, [(c["id"][:12], c["state"]) for c in r["before"]])
-                           for n, r in sorted(report.items())),
-            after="".join("%s: %s\n" % (n, [(c["id"][:12], c["state"]) for c in r["after"]])
-                          for n, r in sorted(report.items())),
-        )
-        if not ready:
-            module.fail_json(
-                msg="services not ready after %.1f s: %s" % (result["wait_s"], "; ".join(
-                    "%s: %s" % item for item in sorted(result["not_ready"].items()))),
-                **result)
+    result.setdefault("not_ready", {})
+    result.setdefault("wait_s", 0.0)
+    if result.get("ready") is False:
+        module.fail_json(msg=_services.not_ready_msg(result), **result)
     module.exit_json(**result)
 
 
