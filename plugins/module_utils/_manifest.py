@@ -38,7 +38,7 @@ class ManifestError(Exception):
 
 
 def check_safe_name(value, what="snapshot id"):
-    if not isinstance(value, str) or not _SAFE_NAME.match(value) or ".." in value:
+    if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value) or ".." in value:
         raise ManifestError(
             "%s %r is not a safe name (letters, digits, '.', '_', '-'; no '..', no '/')" % (what, value))
     return value
@@ -91,7 +91,7 @@ def list_snapshots(root):
         return []
     found = []
     for name in names:
-        if name.startswith(".") or name == LAST_KNOWN_GOOD or not _SAFE_NAME.match(name):
+        if name.startswith(".") or name == LAST_KNOWN_GOOD or not _SAFE_NAME.fullmatch(name):
             continue
         if os.path.isfile(os.path.join(root, name, MANIFEST)):
             found.append(name)
@@ -103,7 +103,7 @@ def last_known_good(root):
     if not os.path.islink(link):
         return None
     target = os.path.basename(os.readlink(link))
-    return target if _SAFE_NAME.match(target) else None
+    return target if _SAFE_NAME.fullmatch(target) else None
 
 
 def set_last_known_good(root, snapshot_id):

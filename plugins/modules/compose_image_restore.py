@@ -350,5 +350,6 @@ def main():
             module.fail_json(msg="images restored, but " + _services.not_ready_msg(up), **result)
     module.exit_json(**result)
 
+
 if __name__ == "__main__":
     main()

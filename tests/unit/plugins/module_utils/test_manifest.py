@@ -32,7 +32,7 @@ def test_safe_names_accepted(name):
     assert m.check_safe_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["../x", "..", ".hidden", "a/b", "", "x" * 200, "a..b", "na me", "a;b", None, 5])
+@pytest.mark.parametrize("name", ["../x", "..", ".hidden", "a/b", "", "x" * 200, "a..b", "na me", "a;b", "abc\n", None, 5])
 def test_unsafe_names_refused(name):
     with pytest.raises(m.ManifestError, match="not a safe name"):
         m.check_safe_name(name)
