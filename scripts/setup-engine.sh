@@ -2,8 +2,8 @@
 # Install and start what the tests and the demo need on a Debian 12 machine:
 # Docker Engine (bookworm's docker.io), the compose v2 CLI plugin (from trixie's
 # docker-compose package, fetched without switching the machine to trixie),
-# busybox-static and debootstrap for building images without a registry, and the
-# PostgreSQL 15 client tools.
+# busybox-static and debootstrap for building images without a registry, and PostgreSQL 15
+# (client tools, and the server binaries the direct-access tests run a private server with).
 # Idempotent: what is already installed or running is used as it is.
 set -euo pipefail
 
@@ -87,7 +87,7 @@ need_root
 if ! engine_answers; then
   command -v dockerd >/dev/null 2>&1 || apt_install docker.io
 fi
-apt_install busybox-static debootstrap postgresql-client-15 iproute2 curl
+apt_install busybox-static debootstrap postgresql-client-15 postgresql-15 iproute2 curl
 install_compose_plugin
 start_engine
 log "engine $(docker version --format '{{.Server.Version}}'), $(docker compose version --short 2>/dev/null || docker compose version)"

@@ -8,6 +8,7 @@ build); readiness is polled through the Docker SDK with a deadline, never slept 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 
@@ -138,3 +139,25 @@ def stop(project, client, services, stop_timeout=None, check_mode=False):
             args += ["--timeout", str(stop_timeout)]
         result.update(project.run_result(args + ["--"] + running))
     return result
+
+
+@contextlib.contextmanager
+def stopped_while(project, client, services, report, stop_timeout=None, wait_timeout=120):
+    """Stop the running ones among `services` for the duration of the block, then start them again.
+
+    They are started again also when the block fails (the data they use was left as it
+    was). `report` receives `clients_stopped`, `clients_downtime_s` and `clients_ready`.
+    Starting them again must succeed: a failure to start raises ComposeError after the block.
+    """
+    result = stop(project, client, services, stop_timeout=stop_timeout)
+    names = [action.split(" ", 1)[1] for action in result["actions"]]
+    report["clients_stopped"] = names
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        if names:
+            up = bring_up(project, client, names, recreate="never", wait_timeout=wait_timeout)
+            report["clients_downtime_s"] = round(time.monotonic() - started, 2)
+            report["clients_ready"] = up.get("ready")
+            report["clients_not_ready"] = up.get("not_ready")
