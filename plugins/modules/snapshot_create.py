@@ -69,6 +69,60 @@ options:
       - The last-known-good snapshot and the newest snapshot are never pruned.
     type: int
     default: 10
+  databases:
+    description:
+      - PostgreSQL databases to dump into the snapshot (C(databases/<name>.dump)), each with its sha256, size,
+        server version and the row count of every table, counted in the very snapshot C(pg_dump) dumps.
+      - With O(databases[].service) the tools run inside that compose service's container (compose-exec access);
+        otherwise they connect to O(databases[].host) directly.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name:
+        description: Database name.
+        type: str
+        required: true
+      service:
+        description: Compose service running PostgreSQL (compose-exec access).
+        type: str
+      host:
+        description: Server address for direct access (default V(127.0.0.1); inside the container with O(databases[].service)).
+        type: str
+      port:
+        description: Server port.
+        type: int
+        default: 5432
+      user:
+        description: Database role.
+        type: str
+        default: postgres
+      password:
+        description: Password, passed to the tools through the environment only (default C(PGPASSWORD) of the module).
+        type: str
+      format:
+        description: Dump format; V(directory) allows parallel O(databases[].jobs).
+        type: str
+        choices: [custom, directory]
+        default: custom
+      jobs:
+        description: Parallel jobs (directory format only).
+        type: int
+        default: 1
+      compress:
+        description: Compression level 0-9 (gzip dominates dump time on small machines); default that of C(pg_dump).
+        type: int
+  volumes:
+    description:
+      - Named volumes to archive into the snapshot (C(volumes/<volume>.tar)), with sha256 and a digest of the tree.
+        A key of the compose file's C(volumes) section is resolved to the volume's real name.
+    type: list
+    elements: str
+    default: []
+  redis:
+    description:
+      - Compose service running Redis whose RDB to copy into the snapshot (after a completed C(BGSAVE)).
+    type: str
 """
 
 EXAMPLES = r"""
@@ -121,6 +175,16 @@ manifest:
     files:
       description: Recorded files (relative paths) with C(sha256), C(size) and C(mode).
       type: dict
+    databases:
+      description: Per database the dump (C(file), C(format), C(sha256), C(size)), C(server_version), C(tables)
+        (row count per table) and C(access) (how to reach the server again, without the password).
+      type: dict
+    volumes:
+      description: Per volume the archive (C(file), C(sha256), C(size)), counts, C(tree_digest) and sample C(paths).
+      type: dict
+    redis:
+      description: The RDB (C(file), C(sha256), C(size)), C(service) and the key count C(keys), or null.
+      type: dict
 pruned:
   description: Snapshot ids removed by retention (in check mode, those that would be).
   returned: always
@@ -168,6 +232,13 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import
     snapshot_path,
     start_staging,
     utc_now,
+)
+from ansible_collections.lastgood.rollback.plugins.module_utils._snapshot_data import (
+    DATABASE_ENTRY_SPEC,
+    DataError,
+    capture,
+    plan,
+    warnings_of,
 )
 from ansible_collections.lastgood.rollback.plugins.module_utils._state import live_services
 
@@ -249,6 +320,9 @@ def main():
         reason=dict(type="str"),
         pin_images=dict(type="bool", default=True),
         keep=dict(type="int", default=10),
+        databases=dict(type="list", elements="dict", default=[], options=DATABASE_ENTRY_SPEC),
+        volumes=dict(type="list", elements="str", default=[]),
+        redis=dict(type="str"),
     )
     argument_spec.update(PROJECT_ARGUMENT_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
@@ -295,6 +369,9 @@ def main():
         "services": services,
         "git": git_state(module, project.project_dir),
         "files": {},
+        "databases": {},
+        "volumes": {},
+        "redis": None,
     }
     path = snapshot_path(params["backup_root"], project.name, snapshot_id)
     result = dict(changed=True, snapshot_id=snapshot_id, snapshot_dir=path, manifest=manifest,
@@ -304,18 +381,29 @@ def main():
 
     if module.check_mode:
         manifest["files"] = describe_files(project.project_dir, files)
+        try:
+            manifest.update(plan(project, params["databases"], params["volumes"], params["redis"]))
+        except DataError as exc:
+            module.fail_json(msg=exc.msg, **exc.result)
         result["pruned"] = retention_plan(root, params["keep"], pending=snapshot_id)
         module.exit_json(**result)
 
     staging = start_staging(root)
     try:
         manifest["files"] = copy_files(project.project_dir, files, staging)
+        manifest.update(capture(module, project, client, staging, params["databases"], params["volumes"],
+                                params["redis"]))
+        for line in warnings_of(manifest):
+            module.warn(line)
         pinned = []
         for entry in services.values():
             if entry["pin"]:
                 client.api.tag(entry["image_id"], *entry["pin"].rsplit(":", 1))
                 pinned.append(entry)
         finish_staging(staging, root, snapshot_id, manifest)
+    except DataError as exc:
+        discard_staging(staging)
+        module.fail_json(msg="snapshot not written: %s" % exc.msg, **exc.result)
     except (OSError, APIError) as exc:
         discard_staging(staging)
         module.fail_json(msg="snapshot not written: %s" % one_line(exc))
