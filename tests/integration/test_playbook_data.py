@@ -30,8 +30,8 @@ def data(module_stack, docker_client, tmp_path_factory):
         cur.execute("INSERT INTO orders (body, note) SELECT jsonb_build_object('n', g), repeat('x', g %% 50) "
                     "FROM generate_series(1, %s) g", (ROWS,))
         cur.execute("CREATE INDEX ON orders ((body->>'n'))")
-    host_vars = ansible_run.stack_host_vars(stack, backup_root, lastgood_databases=[{"name": "app", "service": "db",
-                                                                                       "port": stack.ports["db"]}])
+    entry = {"name": "app", "service": "db", "port": stack.ports["db"]}
+    host_vars = ansible_run.stack_host_vars(stack, backup_root, lastgood_databases=[entry])
     inventory = ansible_run.write_inventory(work, host_vars)
 
     class Data:
