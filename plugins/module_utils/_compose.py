@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 
+from ansible_collections.lastgood.rollback.plugins.module_utils._errors import StepError, fail_step
+
 # Options every module that addresses a compose project shares (documented in the
 # lastgood.rollback.project doc fragment).
 PROJECT_ARGUMENT_SPEC = dict(
@@ -20,13 +22,8 @@ def project_args(params):
     return {key: params.get(key) for key in PROJECT_ARGUMENT_SPEC}
 
 
-class ComposeError(Exception):
+class ComposeError(StepError):
     """A compose command failed; `result` carries cmd, rc, stdout and stderr."""
-
-    def __init__(self, msg, **result):
-        super().__init__(msg)
-        self.msg = msg
-        self.result = result
 
 
 def _last_error_line(text):
@@ -178,11 +175,7 @@ def read_env_file(path):
     return values
 
 
-def fail_compose(module, exc, **extra):
-    """Fail the module from a ComposeError with a one-line msg and the command details."""
-    result = dict(exc.result)
-    result.update(extra)
-    module.fail_json(msg=exc.msg, **result)
+fail_compose = fail_step
 
 
 # For modules that only need to know which project's snapshots to read: the name is

@@ -52,6 +52,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import
     sha256_file,
     utc_now,
 )
+from ansible_collections.lastgood.rollback.plugins.module_utils._errors import StepError, fail_step
 
 try:
     import psycopg2
@@ -103,19 +104,11 @@ _MARKER_ALLOW = re.compile(r"\[allow_connections=(true|false)\]")
 _ERROR_LINE = re.compile(r"\berror\b|\b(ERROR|FATAL|PANIC):", re.IGNORECASE)
 
 
-class PostgresError(Exception):
+class PostgresError(StepError):
     """A step failed; `msg` is one line, `result` carries cmd/rc/stderr and the steps done so far."""
 
-    def __init__(self, msg, **result):
-        super().__init__(msg)
-        self.msg = msg
-        self.result = result
 
-
-def fail_postgres(module, exc, **extra):
-    result = dict(exc.result)
-    result.update(extra)
-    module.fail_json(msg=exc.msg, **result)
+fail_postgres = fail_step
 
 
 def require_psycopg2(module):

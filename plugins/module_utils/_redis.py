@@ -59,6 +59,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._docker import (
 )
 from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import isoformat, utc_now
 from ansible_collections.lastgood.rollback.plugins.module_utils._volumes import VolumeError, check_snapshot_id, isoformat_ts
+from ansible_collections.lastgood.rollback.plugins.module_utils._errors import StepError
 
 # Options of the redis_* modules that say how to reach the server.
 REDIS_ARGUMENT_SPEC = dict(
@@ -82,13 +83,8 @@ _CHECK_RDB_COUNTS = {
 }
 
 
-class RedisError(Exception):
+class RedisError(StepError):
     """A refused or failed Redis operation; `msg` is one line, `result` what was done so far."""
-
-    def __init__(self, msg, **result):
-        super().__init__(msg)
-        self.msg = msg
-        self.result = result
 
 
 def _first_line(text):

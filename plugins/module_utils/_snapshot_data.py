@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from ansible_collections.lastgood.rollback.plugins.module_utils import _postgres, _redis, _volumes
+from ansible_collections.lastgood.rollback.plugins.module_utils._errors import StepError
 
 DATABASES_DIR = "databases"
 VOLUMES_DIR = "volumes"
@@ -31,13 +32,8 @@ DATABASE_ENTRY_SPEC = dict(
 )
 
 
-class DataError(Exception):
+class DataError(StepError):
     """Capturing a piece of data failed; `msg` is one line, `result` carries the details."""
-
-    def __init__(self, msg, **result):
-        super().__init__(msg)
-        self.msg = msg
-        self.result = result
 
 
 def database_access(entry):

@@ -84,6 +84,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import
     isoformat,
     utc_now,
 )
+from ansible_collections.lastgood.rollback.plugins.module_utils._errors import StepError
 
 FORMAT = "lastgood-volume-tar/1"
 PATH_SAMPLE = 500
@@ -99,13 +100,8 @@ _CREATE_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW"
                  | getattr(os, "O_CLOEXEC", 0))
 
 
-class VolumeError(Exception):
+class VolumeError(StepError):
     """A refused or failed volume operation; `msg` is one line, `result` what was done so far."""
-
-    def __init__(self, msg, **result):
-        super().__init__(msg)
-        self.msg = msg
-        self.result = result
 
 
 class UnsafeMember(VolumeError):

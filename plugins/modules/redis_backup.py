@@ -27,6 +27,7 @@ author:
   - lastgood.rollback developers (@lastgood)
 extends_documentation_fragment:
   - lastgood.rollback.project
+  - lastgood.rollback.redis
   - lastgood.rollback.attributes
   - lastgood.rollback.attributes.ACTIONGROUP
 attributes:
@@ -38,24 +39,6 @@ attributes:
   diff_mode:
     support: none
 options:
-  service:
-    description:
-      - The compose service that runs the Redis server (one container).
-    type: str
-    required: true
-  port:
-    description:
-      - Port the server listens on inside the container (C(redis-cli -p)); redis-cli's default, 6379, when omitted.
-    type: int
-  user:
-    description:
-      - ACL user name (C(redis-cli --user)).
-    type: str
-  password:
-    description:
-      - Password of the server or of O(user). Given to redis-cli as C(REDISCLI_AUTH) through the environment.
-      - Defaults to the environment variable C(REDISCLI_AUTH) of the module.
-    type: str
   dest:
     description:
       - Path of the RDB copy to write (mode C(0600)). Missing parent directories are created.
