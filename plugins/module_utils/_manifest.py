@@ -27,6 +27,8 @@ LAST_KNOWN_GOOD = "last-known-good"
 BAD_MARKER = "BAD"
 FILES_DIR = "files"
 FORMAT_VERSION = 1
+DEFAULT_BACKUP_ROOT = "/var/backups/lastgood"
+BACKUP_ROOT_ARGUMENT_SPEC = dict(backup_root=dict(type="path", default=DEFAULT_BACKUP_ROOT))
 
 # Safe as one path component everywhere: no separators, no leading dot, no "..".
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

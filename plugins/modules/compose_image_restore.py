@@ -24,6 +24,7 @@ description:
 author:
   - lastgood.rollback developers (@lastgood)
 extends_documentation_fragment:
+  - lastgood.rollback.snapshots
   - lastgood.rollback.project
   - lastgood.rollback.attributes
   - lastgood.rollback.attributes.ACTIONGROUP
@@ -43,11 +44,6 @@ options:
       - When omitted, the module reads and verifies the snapshot O(snapshot_id) under O(backup_root) itself
         (manifest checksum, file copies, bad marker), which saves a separate M(lastgood.rollback.snapshot_info) call.
     type: dict
-  backup_root:
-    description:
-      - Directory holding the snapshots, when O(services) is omitted.
-    type: path
-    default: /var/backups/lastgood
   snapshot_id:
     description:
       - Snapshot to restore when O(services) is omitted. Defaults to the last-known-good snapshot.
@@ -181,6 +177,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._docker import (
     split_reference,
 )
 from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import (
+    BACKUP_ROOT_ARGUMENT_SPEC,
     ManifestError,
     compact_timestamp,
     load_verified_snapshot,
@@ -286,7 +283,7 @@ def short(image):
 def main():
     argument_spec = dict(
         services=dict(type="dict"),
-        backup_root=dict(type="path", default="/var/backups/lastgood"),
+        **BACKUP_ROOT_ARGUMENT_SPEC,
         snapshot_id=dict(type="str"),
         only=dict(type="list", elements="str"),
         tag_replaced=dict(type="bool", default=True),

@@ -24,6 +24,7 @@ description:
 author:
   - lastgood.rollback developers (@lastgood)
 extends_documentation_fragment:
+  - lastgood.rollback.snapshots
   - lastgood.rollback.project
   - lastgood.rollback.attributes
   - lastgood.rollback.attributes.ACTIONGROUP
@@ -36,11 +37,6 @@ attributes:
   diff_mode:
     support: none
 options:
-  backup_root:
-    description:
-      - Directory holding the snapshots of all projects.
-    type: path
-    default: /var/backups/lastgood
   config_files:
     description:
       - Extra configuration files to record, as glob patterns relative to O(project_dir) (C(**) recurses).
@@ -217,6 +213,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._docker import (
 )
 from ansible_collections.lastgood.rollback.plugins.module_utils._git import git_state
 from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import (
+    BACKUP_ROOT_ARGUMENT_SPEC,
     FILES_DIR,
     FORMAT_VERSION,
     ManifestError,
@@ -314,7 +311,7 @@ def remove_pins(client, manifest_services):
 
 def main():
     argument_spec = dict(
-        backup_root=dict(type="path", default="/var/backups/lastgood"),
+        **BACKUP_ROOT_ARGUMENT_SPEC,
         config_files=dict(type="list", elements="str", default=[]),
         snapshot_id=dict(type="str"),
         reason=dict(type="str"),

@@ -18,16 +18,12 @@ description:
 author:
   - lastgood.rollback developers (@lastgood)
 extends_documentation_fragment:
+  - lastgood.rollback.snapshots
   - lastgood.rollback.project.LOOKUP
   - lastgood.rollback.attributes
   - lastgood.rollback.attributes.ACTIONGROUP
   - lastgood.rollback.attributes.INFO_MODULE
 options:
-  backup_root:
-    description:
-      - Directory holding the snapshots of all projects.
-    type: path
-    default: /var/backups/lastgood
   snapshot_id:
     description:
       - The snapshot to read. Defaults to the last-known-good snapshot.
@@ -156,6 +152,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._compose import 
 )
 from ansible_collections.lastgood.rollback.plugins.module_utils._docker import docker_client, image_id
 from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import (
+    BACKUP_ROOT_ARGUMENT_SPEC,
     ManifestError,
     is_bad,
     last_known_good,
@@ -171,7 +168,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             **PROJECT_LOOKUP_ARGUMENT_SPEC,
-            backup_root=dict(type="path", default="/var/backups/lastgood"),
+            **BACKUP_ROOT_ARGUMENT_SPEC,
             snapshot_id=dict(type="str"),
             verify_files=dict(type="bool", default=True),
             require_images=dict(type="bool", default=False),

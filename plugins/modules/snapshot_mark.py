@@ -19,6 +19,7 @@ description:
 author:
   - lastgood.rollback developers (@lastgood)
 extends_documentation_fragment:
+  - lastgood.rollback.snapshots
   - lastgood.rollback.project.LOOKUP
   - lastgood.rollback.attributes
   - lastgood.rollback.attributes.ACTIONGROUP
@@ -30,11 +31,6 @@ attributes:
     details:
       - Shows the last-known-good pointer and the bad marker before and after.
 options:
-  backup_root:
-    description:
-      - Directory holding the snapshots of all projects.
-    type: path
-    default: /var/backups/lastgood
   snapshot_id:
     description:
       - The snapshot to mark.
@@ -91,6 +87,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._compose import 
     resolve_project_name,
 )
 from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import (
+    BACKUP_ROOT_ARGUMENT_SPEC,
     BAD_MARKER,
     ManifestError,
     last_known_good,
@@ -108,7 +105,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             **PROJECT_LOOKUP_ARGUMENT_SPEC,
-            backup_root=dict(type="path", default="/var/backups/lastgood"),
+            **BACKUP_ROOT_ARGUMENT_SPEC,
             snapshot_id=dict(type="str", required=True),
             state=dict(type="str", default="last_known_good", choices=["last_known_good", "bad", "unmarked"]),
             reason=dict(type="str"),
