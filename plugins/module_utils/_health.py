@@ -262,7 +262,8 @@ class HttpCheck(Check):
         except Exception as exc:  # every network failure becomes the check's error
             return CheckResult(self, ok=False, latency_ms=(time.monotonic() - started) * 1000.0,
                                error=describe_os_error(exc, self.timeout_s, self.host))
-        latency_ms = (time.monotonic() - started) * 1000.0
+        # Rounded as reported, so the message and the returned latency always agree.
+        latency_ms = round((time.monotonic() - started) * 1000.0, 1)
         error = None
         if status not in self.status:
             error = "HTTP %s (expected %s)" % (status, self.expected_status())

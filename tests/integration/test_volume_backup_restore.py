@@ -417,7 +417,8 @@ def test_bad_volume_names_are_refused(docker_client, tmp_path, name):
     digest = craft_archive(archive, [])
     msg = refused("volume_restore", {"volume": name, "archive": str(archive), "sha256": digest})
     assert "is refused" in msg
-    assert sorted(v.name for v in docker_client.volumes.list()) == volumes
+    # No volume was created (other tests' stacks may remove theirs meanwhile).
+    assert set(v.name for v in docker_client.volumes.list()) <= set(volumes)
 
 
 def test_missing_volume_and_existing_dest(vstack, tmp_path):
