@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+import http.client
 import urllib.request
 
 from common import REPO, Stack, docker_client, empty_playbook, median, playbook, temp_dir, write_inventory
@@ -27,13 +28,27 @@ def healthy(url):
     try:
         with _NO_PROXY.open(url, timeout=0.5) as response:
             return response.status == 200
-    except OSError:
+    except (OSError, http.client.HTTPException):
         return False
 
 
 def deploy(stack: Stack, image: str):
+    """Move the app's tag and recreate it, then wait until the new version answers: a container
+    stopped before its process installed its SIGTERM handler would wait out the grace period."""
     stack.tag_app(image)
     stack.compose("up", "-d", "--no-deps", "app")
+    version = image.rsplit(":", 1)[1]
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with _NO_PROXY.open(stack.url("app", "/version"), timeout=0.5) as response:
+                if version in response.read().decode():
+                    return
+        except (OSError, http.client.HTTPException):  # the old container going away mid-answer
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("deploy: %s never answered" % image)
+        time.sleep(0.02)
 
 
 def floor_seconds(stack: Stack) -> float:

@@ -7,6 +7,7 @@ the first failed probe's start to the first succeeding probe's start.
 
 from __future__ import annotations
 
+import http.client
 import threading
 import time
 import urllib.error
@@ -31,7 +32,7 @@ class Prober:
             with _NO_PROXY.open(self.url, timeout=self.timeout_s) as response:
                 response.read()
                 return response.status == 200
-        except (urllib.error.URLError, OSError, ValueError):
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException):
             return False
 
     def _run(self):

@@ -64,9 +64,16 @@ options:
       - One module run instead of two on a rollback's critical path.
     type: bool
     default: false
+  wait:
+    description:
+      - With O(recreate=true), wait until the recreated containers run and are healthy.
+      - A caller that runs a health gate right after, which waits for the same containers, can skip this wait and
+        let the container start while the gate starts.
+    type: bool
+    default: true
   wait_timeout:
     description:
-      - With O(recreate=true), seconds the recreated containers get to run and be healthy.
+      - With O(recreate=true) and O(wait=true), seconds the recreated containers get to run and be healthy.
     type: float
     default: 120
   stop_timeout:
@@ -144,7 +151,7 @@ recreated:
   returned: when O(recreate=true) and a service was recreated
   type: dict
 ready:
-  description: With O(recreate=true), whether every recreated container runs and is healthy.
+  description: With O(recreate=true), whether every recreated container runs and is healthy (null without O(wait)).
   returned: when O(recreate=true) and a service was recreated
   type: bool
 wait_s:
@@ -288,6 +295,7 @@ def main():
         only=dict(type="list", elements="str"),
         tag_replaced=dict(type="bool", default=True),
         recreate=dict(type="bool", default=False),
+        wait=dict(type="bool", default=True),
         wait_timeout=dict(type="float", default=120),
         stop_timeout=dict(type="int"),
     )
@@ -337,13 +345,13 @@ def main():
     )
     if params["recreate"] and recreate and not module.check_mode:
         try:
-            up = _services.bring_up(project, client, recreate, wait_timeout=params["wait_timeout"],
+            up = _services.bring_up(project, client, recreate, wait=params["wait"], wait_timeout=params["wait_timeout"],
                                     recreate="always", stop_timeout=params["stop_timeout"])
         except ComposeError as exc:
             fail_compose(module, exc, **result)
-        result.update(changed=True, recreated=up["services"], ready=up["ready"], wait_s=up["wait_s"],
+        result.update(changed=True, recreated=up["services"], ready=up.get("ready"), wait_s=up["wait_s"],
                       cmd=up["cmd"], stdout=up["stdout"], stderr=up["stderr"])
-        if not up["ready"]:
+        if up.get("ready") is False:
             module.fail_json(msg="images restored, but " + _services.not_ready_msg(up), **result)
     module.exit_json(**result)
 
