@@ -66,7 +66,7 @@ def plan(project, databases, volumes, redis):
     )
 
 
-def capture(module, project, client, staging, databases, volumes, redis):
+def capture(module, project, client, staging, databases, volumes, redis, redis_port=None, redis_password=None):
     """Dump, archive and copy into `staging`; the manifest sections, with paths relative to it."""
     found = dict(databases={}, volumes={}, redis=None)
     try:
@@ -88,7 +88,8 @@ def capture(module, project, client, staging, databases, volumes, redis):
         if redis:
             rel = os.path.join(REDIS_DIR, "dump.rdb")
             os.makedirs(os.path.join(staging, REDIS_DIR), mode=0o750, exist_ok=True)
-            meta = _redis.backup_redis(module, project, redis, os.path.join(staging, rel), client=client)
+            meta = _redis.backup_redis(module, project, redis, os.path.join(staging, rel), port=redis_port,
+                                       password=redis_password, client=client)
             meta.update(file=rel, service=redis)
             found["redis"] = meta
     except (_postgres.PostgresError, _volumes.VolumeError, _redis.RedisError) as exc:

@@ -119,6 +119,14 @@ options:
     description:
       - Compose service running Redis whose RDB to copy into the snapshot (after a completed C(BGSAVE)).
     type: str
+  redis_port:
+    description:
+      - Port the Redis server listens on inside its container; redis-cli's default, 6379, when omitted.
+    type: int
+  redis_password:
+    description:
+      - Password of the Redis server, given to redis-cli through the environment only. Default C(REDISCLI_AUTH).
+    type: str
 """
 
 EXAMPLES = r"""
@@ -199,7 +207,7 @@ import shutil
 import socket
 import stat
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, env_fallback
 
 from ansible_collections.lastgood.rollback.plugins.module_utils._compose import (
     PROJECT_ARGUMENT_SPEC,
@@ -320,6 +328,8 @@ def main():
         databases=dict(type="list", elements="dict", default=[], options=DATABASE_ENTRY_SPEC),
         volumes=dict(type="list", elements="str", default=[]),
         redis=dict(type="str"),
+        redis_port=dict(type="int"),
+        redis_password=dict(type="str", no_log=True, fallback=(env_fallback, ["REDISCLI_AUTH"])),
     )
     argument_spec.update(PROJECT_ARGUMENT_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
@@ -389,7 +399,7 @@ def main():
     try:
         manifest["files"] = copy_files(project.project_dir, files, staging)
         manifest.update(capture(module, project, client, staging, params["databases"], params["volumes"],
-                                params["redis"]))
+                                params["redis"], redis_port=params["redis_port"], redis_password=params["redis_password"]))
         for line in warnings_of(manifest):
             module.warn(line)
         pinned = []

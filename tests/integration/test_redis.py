@@ -357,3 +357,33 @@ def test_python_api_with_a_stopped_server(rstack, docker_client, tmp_path):
     assert stack.keyspace() == {0: {"keys": 12, "expires": 0}}
     with pytest.raises(_redis.RedisError, match="unknown service"):
         _redis.backup_redis(module, project, "nosuch", str(tmp_path / "x.rdb"))
+
+
+def test_snapshot_create_records_the_rdb_and_the_volume(rstack, tmp_path):
+    """A snapshot with lastgood_redis and lastgood_volumes: the RDB (key count) and the volume
+    archive land in the snapshot next to its manifest, each with a sha256 that matches."""
+    stack = rstack()
+    stack.fill(300)
+    backup_root = tmp_path / "backups"
+    result = ok("snapshot_create", {"project_dir": str(stack.dir), "backup_root": str(backup_root), "pin_images": False,
+                                    "redis": "redis", "redis_port": stack.port, "volumes": ["data"]})
+    manifest = result["manifest"]
+    snapshot_dir = Path(result["snapshot_dir"])
+    assert json.loads((snapshot_dir / "manifest.json").read_text()) == manifest
+    assert manifest["redis"]["keys"] == 300 and manifest["redis"]["service"] == "redis"
+    assert sha256(snapshot_dir / manifest["redis"]["file"]) == manifest["redis"]["sha256"]
+    volume = "%s_data" % stack.project  # the compose key resolves to the volume's real name
+    assert list(manifest["volumes"]) == [volume]
+    assert sha256(snapshot_dir / manifest["volumes"][volume]["file"]) == manifest["volumes"][volume]["sha256"]
+    assert manifest["databases"] == {}
+
+
+def test_snapshot_create_fails_whole_when_a_data_step_fails(rstack, tmp_path):
+    """A Redis service that does not exist: nothing is published, no staging left behind."""
+    stack = rstack()
+    backup_root = tmp_path / "backups"
+    msg = refused("snapshot_create", {"project_dir": str(stack.dir), "backup_root": str(backup_root), "pin_images": False,
+                                      "redis": "other", "volumes": ["data"]})["msg"]
+    assert msg.startswith("snapshot not written: "), msg
+    project_root = backup_root / stack.project
+    assert not project_root.exists() or list(project_root.iterdir()) == []
