@@ -359,7 +359,7 @@ def main():
     if missing:
         module.fail_json(msg="cannot snapshot: no container and no local image for service(s) %s"
                          % ", ".join(missing))
-    for name, entry in services.items():
+    for entry in services.values():
         entry["pin"] = pin_reference(entry["image"], project.name, snapshot_id) if params["pin_images"] else None
 
     manifest = {
@@ -396,23 +396,26 @@ def main():
         module.exit_json(**result)
 
     staging = start_staging(root)
+    pinned = {}
     try:
         manifest["files"] = copy_files(project.project_dir, files, staging)
         manifest.update(capture(module, project, client, staging, params["databases"], params["volumes"],
                                 params["redis"], redis_port=params["redis_port"], redis_password=params["redis_password"]))
         for line in warnings_of(manifest):
             module.warn(line)
-        pinned = []
-        for entry in services.values():
+        for name, entry in services.items():
             if entry["pin"]:
                 client.api.tag(entry["image_id"], *entry["pin"].rsplit(":", 1))
-                pinned.append(entry)
+                pinned[name] = entry
         finish_staging(staging, root, snapshot_id, manifest)
     except DataError as exc:
+        # Nothing of an unpublished snapshot stays behind: neither its files nor its pins.
         discard_staging(staging)
+        remove_pins(client, pinned)
         module.fail_json(msg="snapshot not written: %s" % exc.msg, **exc.result)
     except (OSError, APIError) as exc:
         discard_staging(staging)
+        remove_pins(client, pinned)
         module.fail_json(msg="snapshot not written: %s" % one_line(exc))
 
     result["pruned"] = prune(module, client, root, params["keep"])
