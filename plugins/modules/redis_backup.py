@@ -153,6 +153,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.lastgood.rollback.plugins.module_utils._outputs import checked_dest, exit_with_warnings
 from ansible_collections.lastgood.rollback.plugins.module_utils._compose import PROJECT_ARGUMENT_SPEC, load_project
 from ansible_collections.lastgood.rollback.plugins.module_utils._redis import (
     REDIS_ARGUMENT_SPEC,
@@ -172,11 +173,7 @@ def main():
     argument_spec.update(REDIS_ARGUMENT_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     params = module.params
-    dest = os.path.abspath(params["dest"])
-    if os.path.isdir(dest):
-        module.fail_json(msg="dest %s is a directory; give the path of the RDB copy" % dest)
-    if os.path.lexists(dest) and not params["force"]:
-        module.fail_json(msg="dest %s exists; use force: true to replace it" % dest)
+    dest = checked_dest(module, params["dest"], params["force"], "RDB copy")
     project = load_project(module, params)
     connection = dict(port=params["port"], user=params["user"], password=params["password"])
     actions = ["BGSAVE in service %s and wait until it completes" % params["service"],
@@ -195,9 +192,7 @@ def main():
         result = backup_redis(module, project, params["service"], dest, timeout=params["timeout"], **connection)
     except RedisError as exc:
         module.fail_json(msg=exc.msg, actions=actions, **exc.result)
-    for warning in result.pop("warnings"):
-        module.warn(warning)
-    module.exit_json(changed=True, actions=actions, **result)
+    exit_with_warnings(module, result, changed=True, actions=actions)
 
 
 if __name__ == "__main__":

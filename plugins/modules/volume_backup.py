@@ -194,10 +194,9 @@ actions:
   elements: str
 """
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.lastgood.rollback.plugins.module_utils._outputs import checked_dest, exit_with_warnings
 from ansible_collections.lastgood.rollback.plugins.module_utils._docker import docker_client
 from ansible_collections.lastgood.rollback.plugins.module_utils._volumes import (
     VolumeError,
@@ -237,11 +236,7 @@ def main():
         check_volume_name(params["volume"])
     except VolumeError as exc:
         module.fail_json(msg=exc.msg)
-    dest = os.path.abspath(params["dest"])
-    if os.path.isdir(dest):
-        module.fail_json(msg="dest %s is a directory; give the path of the archive file" % dest)
-    if os.path.lexists(dest) and not params["force"]:
-        module.fail_json(msg="dest %s exists; use force: true to replace it" % dest)
+    dest = checked_dest(module, params["dest"], params["force"], "archive file")
     client = docker_client(module)
     try:
         vol = inspect_volume(client, params["volume"])
@@ -260,10 +255,7 @@ def main():
                                quiesce=params["quiesce"], stop_timeout=params["stop_timeout"])
     except VolumeError as exc:
         module.fail_json(msg=exc.msg, actions=actions, **exc.result)
-    # A live volume or skipped special files: shown by Ansible as warnings.
-    for warning in result.pop("warnings"):
-        module.warn(warning)
-    module.exit_json(changed=True, actions=actions, **result)
+    exit_with_warnings(module, result, changed=True, actions=actions)
 
 
 if __name__ == "__main__":
