@@ -115,13 +115,20 @@ class Handler(BaseHTTPRequestHandler):
     server_version = f"lastgood-demo/{VERSION}"
 
     def do_GET(self):  # noqa: N802 (name required by BaseHTTPRequestHandler)
-        start = time.monotonic()
-        path = self.path.split("?", 1)[0]
-        status = 500
+        self._start = time.monotonic()
+        self._path = self.path.split("?", 1)[0]
+        self._observed = False
         try:
-            status = self._route(path)
+            self._route(self._path)
         finally:
-            METRICS.observe(path, status, time.monotonic() - start)
+            if not self._observed:  # the route failed before answering
+                self._observe(500)
+
+    def _observe(self, status):
+        # Counted before the answer leaves: a client that reads /metrics right after its
+        # answer must find its own request there.
+        self._observed = True
+        METRICS.observe(self._path, status, time.monotonic() - self._start)
 
     def _route(self, path):
         if path == "/health":
@@ -153,6 +160,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send(self, status, content_type, text):
         body = text.encode()
+        self._observe(status)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
