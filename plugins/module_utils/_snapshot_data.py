@@ -12,6 +12,7 @@ import os
 
 from ansible_collections.lastgood.rollback.plugins.module_utils import _postgres, _redis, _volumes
 from ansible_collections.lastgood.rollback.plugins.module_utils._errors import StepError
+from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import sha256_file
 
 DATABASES_DIR = "databases"
 VOLUMES_DIR = "volumes"
@@ -115,3 +116,20 @@ def artifact_paths(sections):
     if sections.get("redis") and sections["redis"].get("file"):
         found.append((sections["redis"]["file"], sections["redis"].get("sha256")))
     return found
+
+
+def damaged_artifacts(snapshot_dir, manifest):
+    """Relative paths of data artifacts missing or not matching their recorded sha256 (each read whole)."""
+    damaged = []
+    for rel, expected in artifact_paths(manifest):
+        path = os.path.join(snapshot_dir, rel)
+        try:
+            if os.path.isdir(path):
+                actual = _postgres.directory_digest(path)[0]
+            else:
+                actual = sha256_file(path)
+        except (OSError, _postgres.PostgresError):
+            actual = None
+        if not expected or actual != expected:
+            damaged.append(rel)
+    return damaged

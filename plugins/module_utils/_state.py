@@ -45,6 +45,35 @@ def live_services(project, client):
     return services
 
 
+def dirty_paths(module, directory, exclude=()):
+    """Paths (relative to `directory`) with uncommitted or untracked changes, minus `exclude`."""
+    git = module.get_bin_path("git")
+    if git is None:
+        return []
+    rc, out, _err = module.run_command([git, "-C", directory, "status", "--porcelain", "-z",
+                                        "--untracked-files=normal", "--", "."])
+    if rc != 0:
+        return []
+    prefix_rc, prefix, _err = module.run_command([git, "-C", directory, "rev-parse", "--show-prefix"])
+    prefix = prefix.strip() if prefix_rc == 0 else ""
+    paths = []
+    entries = out.split("\0")
+    index = 0
+    while index < len(entries):
+        entry = entries[index]
+        index += 1
+        if len(entry) < 4:
+            continue
+        if entry[0] in "RC":  # a rename or copy is followed by its source path
+            index += 1
+        path = entry[3:]
+        if prefix and path.startswith(prefix):
+            path = path[len(prefix):]
+        if path not in exclude:
+            paths.append(path)
+    return sorted(paths)
+
+
 def compare_with_manifest(module, project, client, manifest):
     """What differs between the live project and a snapshot, per rollback tier.
 
@@ -69,11 +98,15 @@ def compare_with_manifest(module, project, client, manifest):
             files.append(rel)
     git = None
     recorded_git = manifest.get("git")
+    now = (git_state(module, project.project_dir) or {}) if recorded_git else {}
     if recorded_git:
-        now = git_state(module, project.project_dir) or {}
-        if now.get("commit") != recorded_git.get("commit") or now.get("dirty"):
+        # Uncommitted changes to recorded configuration files are the config tier's business;
+        # only other changes (or another commit) need the code tier.
+        dirty = dirty_paths(module, project.project_dir, exclude=set(files) | set(manifest.get("files") or {})) \
+            if now.get("dirty") else []
+        if now.get("commit") != recorded_git.get("commit") or dirty:
             git = {"recorded": recorded_git.get("commit"), "live": now.get("commit"),
-                   "dirty": bool(now.get("dirty"))}
+                   "dirty": bool(dirty), "dirty_paths": dirty[:50]}
     parts = []
     if files:
         parts.append("config files %s" % ", ".join(files))
@@ -91,4 +124,9 @@ def compare_with_manifest(module, project, client, manifest):
         "git": git,
         "any": bool(images or added or files or git),
         "summary": "; ".join(parts) or "none",
+        # What runs now, the state a rollback goes away from (for the audit log and bad markers).
+        "live": {
+            "images": {name: entry["image_id"] for name, entry in sorted(live.items()) if entry["image_id"]},
+            "commit": now.get("commit"),
+        },
     }

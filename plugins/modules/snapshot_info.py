@@ -33,6 +33,12 @@ options:
       - Verify the sha256 of every recorded configuration file copy.
     type: bool
     default: true
+  verify_artifacts:
+    description:
+      - Also verify the sha256 of every data artifact (database dumps, volume archives, the Redis file), reading
+        each one completely. The full rollback tier does this before it stops anything.
+    type: bool
+    default: false
   require_images:
     description:
       - Fail unless every image ID the snapshot records is present in the local engine.
@@ -161,7 +167,9 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import
     project_root,
     read_bad_marker,
 )
+from ansible_collections.lastgood.rollback.plugins.module_utils._snapshot_data import damaged_artifacts
 from ansible_collections.lastgood.rollback.plugins.module_utils._state import compare_with_manifest
+
 
 
 def main():
@@ -171,6 +179,7 @@ def main():
             **BACKUP_ROOT_ARGUMENT_SPEC,
             snapshot_id=dict(type="str"),
             verify_files=dict(type="bool", default=True),
+            verify_artifacts=dict(type="bool", default=False),
             require_images=dict(type="bool", default=False),
             allow_bad=dict(type="bool", default=False),
             list_snapshots=dict(type="bool", default=False),
@@ -192,6 +201,12 @@ def main():
             check_files=params["verify_files"], allow_bad=params["allow_bad"])
     except ManifestError as exc:
         module.fail_json(msg=str(exc))
+
+    if params["verify_artifacts"]:
+        damaged = damaged_artifacts(path, manifest)
+        if damaged:
+            module.fail_json(msg="snapshot %s is damaged: data artifacts missing or not matching their sha256: %s"
+                             % (snapshot_id, ", ".join(damaged)), damaged_artifacts=damaged)
 
     lkg = last_known_good(root)
     bad = read_bad_marker(path) if is_bad(path) else None

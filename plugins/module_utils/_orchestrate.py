@@ -1,0 +1,407 @@
+# Copyright (c) lastgood.rollback contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What the rollback orchestrator keeps on the target host: the lock, the journal, the audit log.
+
+Layout under the backup root, next to the snapshots::
+
+    <backup_root>/<project>/rollback.lock          who runs a rollback now (JSON)
+    <backup_root>/<project>/journal.json           steps of the run in progress (JSON)
+    <backup_root>/<project>/runs/<run_id>/         journal.json and report.md of each finished run
+    <backup_root>/<project>/audit.jsonl            one JSON line per finished run
+    <backup_root>/<project>/bad-states.jsonl       states rolled back away from (never a target again)
+
+The lock is a file created with O_EXCL, so two runs can never both take it. A run on the same
+machine as its controller is alive while the controller process (pid and start time) exists; a
+holder on another machine is trusted until its lease (`expires_at`) runs out, and every journal
+step renews the lease.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+
+from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import (
+    _write_atomic,
+    compact_timestamp,
+    is_bad,
+    isoformat,
+    list_snapshots,
+    load_manifest,
+    utc_now,
+    write_bad_marker,
+)
+
+LOCK = "rollback.lock"
+JOURNAL = "journal.json"
+RUNS = "runs"
+AUDIT = "audit.jsonl"
+BAD_STATES = "bad-states.jsonl"
+
+# Cheapest first. `full` covers everything and is always the last resort.
+TIERS = ("config", "images", "code", "full")
+# Within one attempt, the order in which the lighter tiers are applied: the code first (it may
+# bring compose files along), then the configuration files on top, then the images.
+APPLY_ORDER = ("code", "config", "images")
+
+
+class OrchestrateError(Exception):
+    """A refused run; the message is one line."""
+
+
+# --- the plan -----------------------------------------------------------------------------
+
+def needed_tiers(differences):
+    """The lighter tiers that have something to put back, given snapshot_info's `differences`."""
+    differences = differences or {}
+    needed = []
+    if differences.get("git"):
+        needed.append("code")
+    if differences.get("files"):
+        needed.append("config")
+    if differences.get("images") or differences.get("services_added"):
+        needed.append("images")
+    return needed
+
+
+def plan_attempts(requested, differences, escalate=True):
+    """The attempts of a rollback, in order: each a list of tiers applied before one health gate.
+
+    `auto` starts with every lighter tier that has a difference to put back (applied together,
+    gated once) and escalates to `full`; an explicit tier starts there and escalates through the
+    heavier tiers that have something to do, then `full`. Without escalation only the first
+    attempt runs. Nothing differs: only `full` (data, restarts) can still change something.
+    """
+    if requested not in ("auto",) + TIERS:
+        raise OrchestrateError("tier %r is not one of auto, %s" % (requested, ", ".join(TIERS)))
+    needed = needed_tiers(differences)
+    if requested == "auto":
+        first = [tier for tier in APPLY_ORDER if tier in needed] or ["full"]
+        heavier = []
+    else:
+        first = [requested]
+        heavier = [tier for tier in TIERS[TIERS.index(requested) + 1:-1] if tier in needed]
+    attempts = [first] + [[tier] for tier in heavier]
+    if first != ["full"]:
+        attempts.append(["full"])
+    return attempts if escalate else attempts[:1]
+
+
+# --- the lock -----------------------------------------------------------------------------
+
+def process_start_time(pid):
+    """The start time of a process in clock ticks since boot (/proc/<pid>/stat field 22), or None."""
+    try:
+        with open("/proc/%d/stat" % int(pid), encoding="ascii", errors="replace") as handle:
+            stat = handle.read()
+    except (OSError, ValueError):
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rfind(")") + 2:].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def holder_alive(holder, hostname, now=None):
+    """(alive, why) for the holder of a lock, seen from `hostname`."""
+    now = time.time() if now is None else now
+    if holder.get("host") == hostname and holder.get("pid"):
+        started = process_start_time(holder["pid"])
+        if started is None:
+            return False, "its process %s on %s is gone" % (holder["pid"], hostname)
+        if holder.get("pid_start") not in (None, started):
+            return False, "its process %s on %s is gone (the pid was reused)" % (holder["pid"], hostname)
+        return True, "its process %s on %s is running" % (holder["pid"], hostname)
+    expires = holder.get("expires_at_epoch")
+    if expires is not None and expires < now:
+        return False, "its lease expired %d s ago" % int(now - expires)
+    return True, "its lease runs until %s" % holder.get("expires_at", "?")
+
+
+def same_holder(one, other):
+    keys = ("host", "pid", "pid_start")
+    return all(one.get(key) == other.get(key) for key in keys)
+
+
+def describe_holder(holder):
+    return "host %s, pid %s, user %s, since %s, reason: %s" % (
+        holder.get("host", "?"), holder.get("pid", "?"), holder.get("user") or "?",
+        holder.get("started_at", "?"), holder.get("reason") or "-")
+
+
+def read_json(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+
+
+def _lease(holder, ttl_s, now):
+    holder = dict(holder)
+    holder["expires_at_epoch"] = now + ttl_s
+    holder["expires_at"] = isoformat(_utc_from_epoch(now + ttl_s))
+    return holder
+
+
+def _utc_from_epoch(epoch):
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
+
+
+def acquire_lock(root, holder, ttl_s, hostname, break_lock=False, check_mode=False):
+    """Take the project's lock. Returns (state, previous) with state one of
+    'taken', 'reentered' (this run already holds it), 'taken_over' (the holder was dead or
+    `break_lock`). Raises OrchestrateError naming the holder when it is alive.
+    """
+    path = os.path.join(root, LOCK)
+    now = time.time()
+    mine = _lease(dict(holder, started_at=isoformat(utc_now())), ttl_s, now)
+    for _attempt in range(3):
+        current = read_json(path)
+        if current is not None:
+            if same_holder(current, holder):
+                if not check_mode:
+                    _write_atomic(path, json.dumps(_lease(current, ttl_s, now), indent=2) + "\n", mode=0o640)
+                return "reentered", current
+            alive, why = holder_alive(current, hostname, now)
+            if alive and not break_lock:
+                raise OrchestrateError(
+                    "another rollback holds the lock of this project (%s; %s); it was refused, "
+                    "nothing changed" % (describe_holder(current), why))
+            if check_mode:
+                return "taken_over", current
+            # Replace the dead holder's lock by a rename, so a racing run sees one or the other.
+            _write_atomic(path, json.dumps(mine, indent=2) + "\n", mode=0o640)
+            again = read_json(path) or {}
+            if same_holder(again, holder):
+                return "taken_over", dict(current, dead_because=why if not alive else "lock broken on request")
+            continue
+        if check_mode:
+            return "taken", None
+        os.makedirs(root, mode=0o750, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(mine, indent=2) + "\n")
+        return "taken", None
+    raise OrchestrateError("could not take the lock %s: it changed hands three times while trying" % path)
+
+
+def check_lock(root, holder):
+    current = read_json(os.path.join(root, LOCK))
+    if current is None or not same_holder(current, holder):
+        raise OrchestrateError(
+            "this run no longer holds the project's lock (%s); stop and look before going on"
+            % (describe_holder(current) if current else "nobody holds it"))
+    return current
+
+
+def renew_lock(root, holder, ttl_s):
+    current = check_lock(root, holder)
+    _write_atomic(os.path.join(root, LOCK), json.dumps(_lease(current, ttl_s, time.time()), indent=2) + "\n", mode=0o640)
+
+
+def release_lock(root, holder):
+    path = os.path.join(root, LOCK)
+    current = read_json(path)
+    if current is not None and same_holder(current, holder):
+        os.unlink(path)
+        return True
+    return False
+
+
+# --- the journal --------------------------------------------------------------------------
+
+def new_journal(kind, reason, user, plan, holder):
+    moment = utc_now()
+    return {
+        "run_id": compact_timestamp(moment),
+        "kind": kind,
+        "started_at": isoformat(moment),
+        "started_epoch": time.time(),
+        "reason": reason,
+        "user": user,
+        "controller": holder.get("host"),
+        "plan": plan or {},
+        "steps": [],
+        "resumed": [],
+    }
+
+
+def load_journal(root):
+    journal = read_json(os.path.join(root, JOURNAL))
+    if journal == {}:
+        raise OrchestrateError("the journal %s of an interrupted run is unreadable; move it away after looking at it"
+                               % os.path.join(root, JOURNAL))
+    return journal
+
+
+def save_journal(root, journal):
+    _write_atomic(os.path.join(root, JOURNAL), json.dumps(journal, indent=2, sort_keys=True) + "\n", mode=0o640)
+
+
+def step_states(journal):
+    """{step: {status, data, at}} with the latest record of each step."""
+    states = {}
+    for record in journal.get("steps", []):
+        states[record["step"]] = record
+    return states
+
+
+def done_steps(journal):
+    return {name: record.get("data") or {} for name, record in step_states(journal).items()
+            if record.get("status") == "done"}
+
+
+def record_step(journal, step, status, data=None):
+    record = {"step": step, "status": status, "at": isoformat(utc_now()), "epoch": time.time()}
+    if data:
+        record["data"] = data
+    journal.setdefault("steps", []).append(record)
+    return record
+
+
+def step_durations(journal):
+    """Seconds from each step's first 'started' to its last 'done'/'failed' record."""
+    started, ended = {}, {}
+    for record in journal.get("steps", []):
+        if record["status"] == "started":
+            started.setdefault(record["step"], record["epoch"])
+        elif record["status"] in ("done", "failed"):
+            ended[record["step"]] = record["epoch"]
+    return {name: round(ended[name] - started[name], 3) for name in ended if name in started}
+
+
+# --- the end of a run: audit line, report, bad states -------------------------------------
+
+def audit_record(journal, result, summary, hostname, finished):
+    durations = step_durations(journal)
+    return {
+        "run_id": journal["run_id"],
+        "kind": journal.get("kind", "rollback"),
+        "host": hostname,
+        "controller": journal.get("controller"),
+        "user": journal.get("user"),
+        "reason": journal.get("reason"),
+        "started_at": journal["started_at"],
+        "finished_at": isoformat(finished),
+        "duration_s": round(time.time() - journal.get("started_epoch", time.time()), 3),
+        "resumed": len(journal.get("resumed", [])),
+        "result": result,
+        "from": summary.get("from"),
+        "to": summary.get("to"),
+        "tiers": summary.get("tiers", []),
+        "escalations": summary.get("escalations", 0),
+        "healthy": summary.get("healthy"),
+        "step_durations_s": durations,
+        "message": summary.get("message"),
+    }
+
+
+def append_line(path, record):
+    os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
+    line = json.dumps(record, sort_keys=True) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    try:
+        os.write(fd, line.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def render_report(project, record, journal):
+    """The human report of one run, in markdown."""
+    lines = [
+        "# %s %s of %s: %s" % (record["kind"].capitalize(), record["run_id"], project, record["result"].upper()),
+        "",
+        "| | |",
+        "|---|---|",
+        "| host | %s |" % record["host"],
+        "| started by | %s from %s |" % (record.get("user") or "?", record.get("controller") or "?"),
+        "| reason | %s |" % (record.get("reason") or "-"),
+        "| started / finished | %s / %s |" % (record["started_at"], record["finished_at"]),
+        "| duration | %.1f s |" % record["duration_s"],
+        "| tiers | %s |" % (", ".join(record.get("tiers") or []) or "-"),
+        "| escalations | %s |" % record.get("escalations", 0),
+        "| rolled back to | %s |" % _short(record.get("to")),
+        "| rolled back from | %s |" % _short(record.get("from")),
+        "| healthy at the end | %s |" % {True: "yes", False: "NO", None: "not checked"}.get(record.get("healthy"), "?"),
+        "",
+    ]
+    if record.get("message"):
+        lines += ["**%s**" % record["message"], ""]
+    if journal.get("resumed"):
+        lines += ["Resumed after an interruption at: %s" % ", ".join(journal["resumed"]), ""]
+    lines += ["## Steps", "", "| step | status | at | seconds |", "|---|---|---|---|"]
+    durations = record.get("step_durations_s") or {}
+    for name, state in step_states(journal).items():
+        lines.append("| %s | %s | %s | %s |" % (name, state["status"], state["at"],
+                                                "%.2f" % durations[name] if name in durations else ""))
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _short(value):
+    if not value:
+        return "-"
+    if isinstance(value, dict):
+        parts = []
+        if value.get("snapshot_id"):
+            parts.append("snapshot %s" % value["snapshot_id"])
+        if value.get("commit"):
+            parts.append("commit %s" % str(value["commit"])[:12])
+        for name, image in sorted((value.get("images") or {}).items()):
+            parts.append("%s %s" % (name, str(image)[7:19] if str(image).startswith("sha256:") else str(image)[:12]))
+        return ", ".join(parts) or "-"
+    return str(value)
+
+
+def archive_run(root, journal, report):
+    """Move the journal of a finished run into runs/<run_id>/ with its report."""
+    directory = os.path.join(root, RUNS, journal["run_id"])
+    os.makedirs(directory, mode=0o750, exist_ok=True)
+    _write_atomic(os.path.join(directory, JOURNAL), json.dumps(journal, indent=2, sort_keys=True) + "\n")
+    _write_atomic(os.path.join(directory, "report.md"), report)
+    try:
+        os.unlink(os.path.join(root, JOURNAL))
+    except FileNotFoundError:
+        pass
+    return directory
+
+
+def state_matches(manifest, state):
+    """Whether a snapshot records exactly the given state (service image IDs, and commit when given)."""
+    images = state.get("images") or {}
+    if not images:
+        return False
+    recorded = {name: entry.get("image_id") for name, entry in (manifest.get("services") or {}).items()}
+    if any(recorded.get(name) != image for name, image in images.items()):
+        return False
+    commit = state.get("commit")
+    return not commit or (manifest.get("git") or {}).get("commit") == commit
+
+
+def mark_bad_state(root, state, reason):
+    """Remember a state rolled back away from, and mark bad every snapshot that records it."""
+    append_line(os.path.join(root, BAD_STATES), dict(state, reason=reason, at=isoformat(utc_now())))
+    marked = []
+    for snapshot_id in list_snapshots(root):
+        directory = os.path.join(root, snapshot_id)
+        if is_bad(directory):
+            continue
+        try:
+            manifest = load_manifest(directory)
+        except Exception:  # a damaged snapshot is no target anyway  # pylint: disable=broad-except
+            continue
+        if state_matches(manifest, state):
+            write_bad_marker(directory, reason, utc_now())
+            marked.append(snapshot_id)
+    return marked

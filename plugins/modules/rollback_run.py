@@ -1,0 +1,385 @@
+#!/usr/bin/python
+# Copyright (c) lastgood.rollback contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: rollback_run
+short_description: Lock, journal and audit log of a rollback or deploy run on the target host
+version_added: 0.2.0
+description:
+  - O(state=begin) takes the project's lock (C(<backup_root>/<project>/rollback.lock)). A lock held by a live
+    run refuses this one at once, naming the holder's host, pid, user, start time and reason. A lock whose
+    holder is dead (same machine, process gone) or whose lease ran out (another machine) is taken over.
+    When the journal of an interrupted run exists, the run resumes it and RV(done) says which steps need
+    not run again.
+  - O(state=step) records a step (C(started), C(done), C(failed), C(skipped)) with its data in the journal and
+    renews the lock's lease.
+  - O(state=finish) appends one JSON line to the audit log (who, when, from, to, tiers, result, durations),
+    writes a markdown report, archives the journal under C(runs/<run_id>/), optionally writes Prometheus
+    textfile metrics and marks the state rolled back away from as bad, then releases the lock.
+  - O(state=status) only reads the lock and journal.
+  - The action plugin fills O(holder) on the controller (host name, the pid and start time of the
+    ansible-playbook process, user), so a lock names the run that holds it.
+author:
+  - lastgood.rollback developers (@lastgood)
+extends_documentation_fragment:
+  - lastgood.rollback.snapshots
+  - lastgood.rollback.attributes
+  - lastgood.rollback.attributes.ACTIONGROUP
+attributes:
+  check_mode:
+    support: full
+    details:
+      - O(state=begin) reports whether the lock could be taken and what would be resumed; nothing is written.
+  diff_mode:
+    support: none
+options:
+  state:
+    description: What to do.
+    type: str
+    choices: [begin, step, finish, status]
+    required: true
+  project_name:
+    description: Compose project name; the lock and journal live in its snapshot directory.
+    type: str
+    required: true
+  kind:
+    description: What kind of run this is, for the audit log and the metrics.
+    type: str
+    choices: [rollback, deploy, emergency]
+    default: rollback
+  holder:
+    description:
+      - Who runs this (C(host), C(pid), C(pid_start), C(user)). Set by the action plugin from the controller;
+        give it only to simulate another run.
+    type: dict
+  reason:
+    description: Why this run happens (stored in the lock, the journal and the audit log).
+    type: str
+    default: ""
+  user:
+    description: Who started the run (for example the AWX user); defaults to the controller user.
+    type: str
+  lock_ttl_s:
+    description:
+      - Lease of the lock in seconds, renewed by every step. Only matters when the holder runs on another
+        machine, whose process cannot be checked from here.
+    type: int
+    default: 3600
+  break_lock:
+    description: Take the lock even from a live holder. Only when you are sure the other run is gone.
+    type: bool
+    default: false
+  plan:
+    description:
+      - With O(state=begin), the plan of a new run, stored in the journal (a resumed run keeps its own).
+      - With O(tier), C(attempts) is added to it (see RV(journal)).
+    type: dict
+  tier:
+    description:
+      - With O(state=begin), the tier asked for; the module plans the attempts from it and O(differences)
+        (C(auto) starts with every lighter tier that has something to put back and escalates to C(full); an
+        explicit tier escalates through the heavier tiers that have something to do, then C(full)).
+    type: str
+    choices: [auto, config, images, code, full]
+  differences:
+    description: With O(tier), what differs between the live project and the snapshot (from M(lastgood.rollback.snapshot_info)).
+    type: dict
+  escalate:
+    description: With O(tier), plan the escalation attempts too; without it only the first attempt.
+    type: bool
+    default: true
+  step:
+    description: With O(state=step), the step's name.
+    type: str
+  status:
+    description: With O(state=step), what happened to the step.
+    type: str
+    choices: [started, done, failed, skipped]
+    default: done
+  data:
+    description: With O(state=step), data to keep with the step (returned by RV(done) when the run resumes).
+    type: dict
+  result:
+    description: With O(state=finish), how the run ended.
+    type: str
+    choices: [success, failed, aborted, refused, planned]
+  summary:
+    description:
+      - With O(state=finish), C(from), C(to), C(tiers), C(escalations), C(healthy), C(message) and
+        C(snapshot_age_s) for the audit line, the report and the metrics.
+    type: dict
+  bad_state:
+    description:
+      - With O(state=finish) and O(result=success), the state rolled back away from (C(images) per service,
+        C(commit)); it is remembered and every snapshot recording exactly it is marked bad.
+    type: dict
+  audit_log:
+    description: The audit log (JSON lines). Defaults to C(<backup_root>/<project>/audit.jsonl).
+    type: path
+  metrics_dir:
+    description:
+      - A node_exporter textfile collector directory; with O(state=finish) the run's metrics are written there
+        as C(lastgood_<project>.prom). Empty writes none.
+    type: path
+  release:
+    description: With O(state=finish), release the lock (a run nested in another one leaves it to the outer run).
+    type: bool
+    default: true
+"""
+
+EXAMPLES = r"""
+- name: Take the lock; resume an interrupted run
+  lastgood.rollback.rollback_run:
+    state: begin
+    project_name: shop
+    reason: "error rate above 5% after release 4.2"
+    plan:
+      attempts: [[images], [full]]
+  register: run
+
+- name: Record a step
+  lastgood.rollback.rollback_run:
+    state: step
+    project_name: shop
+    step: "attempt-1:images"
+    status: done
+    data:
+      healthy: true
+
+- name: Write the audit line and the report, release the lock
+  lastgood.rollback.rollback_run:
+    state: finish
+    project_name: shop
+    result: success
+    summary:
+      tiers: [images]
+      to: {snapshot_id: "{{ run.journal.plan.snapshot_id }}"}
+      healthy: true
+"""
+
+RETURN = r"""
+run_id:
+  description: Id of the run (the UTC time it began); a resumed run keeps the id of the interrupted one.
+  returned: success
+  type: str
+  sample: 20261130T120102Z
+lock:
+  description: C(taken), C(reentered) (this run already held it), C(taken_over) (the holder was dead) or C(released).
+  returned: success
+  type: str
+took_over:
+  description: The dead holder whose lock was taken over, with C(dead_because), or null.
+  returned: when O(state=begin)
+  type: dict
+resumed:
+  description: Whether an interrupted run's journal was picked up.
+  returned: when O(state=begin)
+  type: bool
+journal:
+  description: The journal (C(run_id), C(plan), C(steps), C(resumed), ...).
+  returned: success
+  type: dict
+done:
+  description: Steps already done in this run, with the data they recorded.
+  returned: success
+  type: dict
+holder:
+  description: Who holds the lock now (O(state=status)), or null.
+  returned: when O(state=status)
+  type: dict
+audit:
+  description: The audit line written (O(state=finish)).
+  returned: when O(state=finish)
+  type: dict
+report:
+  description: The markdown report (O(state=finish)).
+  returned: when O(state=finish)
+  type: str
+report_path:
+  description: Where the report was written.
+  returned: when O(state=finish) and not in check mode
+  type: str
+marked_bad:
+  description: Snapshots marked bad because they record the state rolled back away from.
+  returned: when O(state=finish)
+  type: list
+  elements: str
+"""
+
+import os
+import socket
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.lastgood.rollback.plugins.module_utils import _orchestrate as orch
+from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import (
+    BACKUP_ROOT_ARGUMENT_SPEC,
+    ManifestError,
+    project_root,
+    utc_now,
+)
+
+
+def begin(module, root, holder, hostname):
+    params = module.params
+    lock_state, previous = orch.acquire_lock(root, holder, params["lock_ttl_s"], hostname,
+                                             break_lock=params["break_lock"], check_mode=module.check_mode)
+    journal = orch.load_journal(root)
+    resumed = False
+    changed = lock_state != "reentered"
+    if journal is not None and lock_state != "reentered" and journal.get("kind") != params["kind"]:
+        # An interrupted run of another kind (a deploy killed half way, and now a rollback): close
+        # its record as interrupted instead of resuming something the operator did not ask for.
+        if not module.check_mode:
+            close_interrupted(module, root, journal, hostname)
+        journal = None
+    if journal is None:
+        plan = dict(params["plan"] or {})
+        if params["tier"]:
+            plan.update(tier=params["tier"], escalate=params["escalate"],
+                        attempts=orch.plan_attempts(params["tier"], params["differences"], params["escalate"]))
+        journal = orch.new_journal(params["kind"], params["reason"], params["user"] or holder.get("user"), plan, holder)
+        if not module.check_mode:
+            orch.save_journal(root, journal)
+    elif lock_state != "reentered":
+        resumed = True
+        last = journal["steps"][-1]["step"] if journal.get("steps") else "begin"
+        journal.setdefault("resumed", []).append(last)
+        if not module.check_mode:
+            orch.save_journal(root, journal)
+    return dict(changed=changed and not module.check_mode, lock=lock_state,
+                took_over=previous if lock_state == "taken_over" else None, resumed=resumed, run_id=journal["run_id"], journal=journal, done=orch.done_steps(journal))
+
+
+def close_interrupted(module, root, journal, hostname):
+    message = "interrupted; superseded by a %s run" % module.params["kind"]
+    record = orch.audit_record(journal, "interrupted", {"message": message}, hostname, utc_now())
+    orch.append_line(audit_path(module, root), record)
+    orch.archive_run(root, journal, orch.render_report(module.params["project_name"], record, journal))
+
+
+def audit_path(module, root):
+    return module.params["audit_log"] or os.path.join(root, orch.AUDIT)
+
+
+def step(module, root, holder):
+    params = module.params
+    if not params["step"]:
+        raise orch.OrchestrateError("state=step needs step")
+    if module.check_mode:
+        return dict(changed=False, journal=orch.load_journal(root) or {}, done={})
+    orch.check_lock(root, holder)
+    journal = orch.load_journal(root)
+    if journal is None:
+        raise orch.OrchestrateError("no run in progress for this project: begin one first")
+    orch.record_step(journal, params["step"], params["status"], params["data"])
+    orch.save_journal(root, journal)
+    orch.renew_lock(root, holder, params["lock_ttl_s"])
+    return dict(changed=True, lock="held", run_id=journal["run_id"], journal=journal, done=orch.done_steps(journal))
+
+
+def finish(module, root, holder, hostname):
+    params = module.params
+    if not params["result"]:
+        raise orch.OrchestrateError("state=finish needs result")
+    summary = params["summary"] or {}
+    journal = orch.load_journal(root)
+    if journal is None:
+        if module.check_mode:
+            journal = orch.new_journal(params["kind"], params["reason"], params["user"], params["plan"], holder)
+        else:
+            raise orch.OrchestrateError("no run in progress for this project: nothing to finish")
+    record = orch.audit_record(journal, params["result"], summary, hostname, utc_now())
+    report = orch.render_report(params["project_name"], record, journal)
+    result = dict(changed=not module.check_mode, run_id=journal["run_id"], audit=record, report=report,
+                  journal=journal, done=orch.done_steps(journal), marked_bad=[])
+    if module.check_mode:
+        return result
+    orch.check_lock(root, holder)
+    if params["result"] == "success" and params["bad_state"]:
+        result["marked_bad"] = orch.mark_bad_state(
+            root, params["bad_state"], "rolled back away from in run %s" % journal["run_id"])
+    orch.append_line(audit_path(module, root), record)
+    result["report_path"] = os.path.join(orch.archive_run(root, journal, report), "report.md")
+    if params["metrics_dir"]:
+        write_metrics(module, record, summary)
+    if params["release"]:
+        orch.release_lock(root, holder)
+        result["lock"] = "released"
+    else:
+        result["lock"] = "held"
+    return result
+
+
+def write_metrics(module, record, summary):
+    try:
+        from ansible_collections.lastgood.rollback.plugins.module_utils import _metrics
+    except ImportError:  # the textfile writer ships with the metrics feature
+        module.warn("metrics_dir is set, but this version cannot write metrics")
+        return
+    _metrics.record_run(module.params["metrics_dir"], module.params["project_name"], record["kind"],
+                        ",".join(record.get("tiers") or []) or "none", record["result"], record["duration_s"],
+                        summary.get("snapshot_age_s"), record["finished_at"])
+
+
+def status(root):
+    holder = orch.read_json(os.path.join(root, orch.LOCK))
+    journal = orch.load_journal(root)
+    return dict(changed=False, holder=holder, journal=journal or {}, done=orch.done_steps(journal or {}),
+                run_id=(journal or {}).get("run_id"))
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            **BACKUP_ROOT_ARGUMENT_SPEC,
+            state=dict(type="str", required=True, choices=["begin", "step", "finish", "status"]),
+            project_name=dict(type="str", required=True),
+            kind=dict(type="str", default="rollback", choices=["rollback", "deploy", "emergency"]),
+            holder=dict(type="dict"),
+            reason=dict(type="str", default=""),
+            user=dict(type="str"),
+            lock_ttl_s=dict(type="int", default=3600),
+            break_lock=dict(type="bool", default=False),
+            plan=dict(type="dict"),
+            tier=dict(type="str", choices=["auto", "config", "images", "code", "full"]),
+            differences=dict(type="dict"),
+            escalate=dict(type="bool", default=True),
+            step=dict(type="str"),
+            status=dict(type="str", default="done", choices=["started", "done", "failed", "skipped"]),
+            data=dict(type="dict"),
+            result=dict(type="str", choices=["success", "failed", "aborted", "refused", "planned"]),
+            summary=dict(type="dict"),
+            bad_state=dict(type="dict"),
+            audit_log=dict(type="path"),
+            metrics_dir=dict(type="path"),
+            release=dict(type="bool", default=True),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    hostname = socket.gethostname()
+    holder = params["holder"] or {"host": hostname, "pid": os.getppid(), "user": None}
+    if params["lock_ttl_s"] <= 0:
+        module.fail_json(msg="lock_ttl_s must be positive")
+    try:
+        root = project_root(params["backup_root"], params["project_name"])
+        if params["state"] == "begin":
+            result = begin(module, root, holder, hostname)
+        elif params["state"] == "step":
+            result = step(module, root, holder)
+        elif params["state"] == "finish":
+            result = finish(module, root, holder, hostname)
+        else:
+            result = status(root)
+    except (orch.OrchestrateError, ManifestError) as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+# Copyright (c) lastgood.rollback contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""playbooks/rollback.yml (the orchestrator) against a real demo stack.
+
+A broken release of the app image is rolled back by `auto`, which picks the image tier; the
+run leaves an audit line, a report, an archived journal and the bad state remembered. Then the
+faults: a second run while a live run holds the lock, a lock left by a dead run, a run killed
+in the middle and run again, the full tier without confirmation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+try:
+    from . import ansible_run, stacks
+except ImportError:
+    import ansible_run
+    import stacks
+
+
+def process_start(pid):
+    with open("/proc/%d/stat" % pid, encoding="ascii") as handle:
+        stat = handle.read()
+    return int(stat[stat.rfind(")") + 2:].split()[19])
+
+
+class Orchestrated:
+    def __init__(self, stack, client, work):
+        self.stack = stack
+        self.client = client
+        self.work = work
+        self.backup_root = work / "backups"
+        self.root = self.backup_root / stack.project
+        self.inventory = ansible_run.write_inventory(work, ansible_run.stack_host_vars(stack, self.backup_root))
+        self.v2_id = None
+
+    def run(self, extra_vars=None, check=False, env=None):
+        return ansible_run.run_playbook("rollback", self.inventory, extra_vars=extra_vars, check=check, env=env)
+
+    def break_app(self):
+        self.stack.tag_app(self.v2_id)
+        self.stack.compose("up", "-d", "--no-deps", "app")
+        stacks.wait_until(lambda: self.stack.image_id("app") == self.v2_id, 30, message="app runs v2")
+
+    def containers(self):
+        return {service: self.stack.container_id(service) for service in ("app", "db", "static")}
+
+    def audit(self):
+        path = self.root / "audit.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def write_lock(self, pid, pid_start, host=None, reason="a test holds it"):
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "rollback.lock").write_text(json.dumps({
+            "host": host or socket.gethostname(), "pid": pid, "pid_start": pid_start, "user": "alice",
+            "started_at": "2026-11-30T10:00:00.000000Z", "reason": reason,
+            "expires_at_epoch": time.time() + 3600, "expires_at": "later"}))
+
+
+@pytest.fixture(scope="module")
+def orch(module_stack, docker_client, tmp_path_factory):
+    stack = module_stack()
+    found = Orchestrated(stack, docker_client, tmp_path_factory.mktemp("orchestrator"))
+    try:
+        snapshot = ansible_run.run_playbook("snapshot", found.inventory)
+        assert snapshot.rc == 0, snapshot.describe()
+        found.snapshot_id = snapshot.outcome()["snapshot_id"]
+        found.v1_id = docker_client.images.get(stacks.APP_V1).id
+        found.v2_id = ansible_run.throwaway_image(docker_client, stacks.APP_V2, "lastgood-test/app",
+                                                  stack.project + "-v2", stack.project)
+        yield found
+    finally:
+        stack.destroy()
+        ansible_run.remove_snapshot_pins(docker_client, found.backup_root)
+        if found.v2_id:
+            ansible_run.remove_image(docker_client, found.v2_id)
+
+
+def test_auto_rolls_an_image_breakage_back_with_the_image_tier_and_records_it(orch):
+    orch.break_app()
+    before = orch.containers()
+
+    plan = orch.run(check=True)
+    assert plan.rc == 0, plan.describe()
+    planned = plan.outcome()
+    assert planned["result"] == "planned"
+    assert planned["planned_attempts"] == [["images"], ["full"]]
+    assert orch.containers() == before, "check mode changed containers"
+    assert not (orch.root / "rollback.lock").exists() and not (orch.root / "journal.json").exists()
+
+    run = orch.run(extra_vars={"lastgood_reason": "v2 fails /health"})
+    assert run.rc == 0, run.describe()
+    outcome = run.outcome()
+    assert outcome["result"] == "success" and outcome["healthy"] is True
+    assert outcome["tiers"] == ["images"] and outcome["escalations"] == 0
+    assert outcome["snapshot_id"] == orch.snapshot_id
+    assert orch.stack.image_id("app") == orch.v1_id
+    after = orch.containers()
+    assert after["db"] == before["db"] and after["static"] == before["static"], "unchanged services were recreated"
+
+    # The record: one audit line, a report, the journal archived, the lock released.
+    audit = orch.audit()
+    assert len(audit) == 1
+    line = audit[0]
+    assert line["result"] == "success" and line["tiers"] == ["images"] and line["reason"] == "v2 fails /health"
+    assert line["from"]["images"]["app"] == orch.v2_id and line["to"]["snapshot_id"] == orch.snapshot_id
+    assert line["user"] and line["host"] and line["duration_s"] > 0
+    assert "attempt-1" in line["step_durations_s"]
+    report = (orch.root / "runs" / line["run_id"] / "report.md").read_text()
+    assert "SUCCESS" in report and "images" in report and "v2 fails /health" in report
+    assert (orch.root / "runs" / line["run_id"] / "journal.json").exists()
+    assert not (orch.root / "journal.json").exists() and not (orch.root / "rollback.lock").exists()
+    bad = [json.loads(x) for x in (orch.root / "bad-states.jsonl").read_text().splitlines()]
+    assert bad[-1]["images"]["app"] == orch.v2_id
+
+
+def test_a_second_run_finds_nothing_to_do_and_changes_nothing(orch):
+    before = orch.containers()
+    run = orch.run()
+    assert run.rc == 0, run.describe()
+    outcome = run.outcome()
+    assert outcome["result"] == "success" and outcome["tiers"] == [] and outcome["healthy"] is True
+    assert "nothing to roll back" in outcome["message"]
+    assert orch.containers() == before
+
+
+def test_a_live_lock_refuses_a_second_rollback_at_once_naming_the_holder(orch):
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        orch.write_lock(holder.pid, process_start(holder.pid), reason="deploy 4.2 rollback by alice")
+        orch.break_app()
+        before = orch.containers()
+        started = time.monotonic()
+        run = orch.run()
+        elapsed = time.monotonic() - started
+        assert run.rc != 0
+        msg = run.failure_msg()
+        assert "another rollback holds the lock" in msg
+        assert str(holder.pid) in msg and socket.gethostname() in msg and "deploy 4.2 rollback by alice" in msg
+        assert "2026-11-30T10:00:00" in msg
+        assert orch.containers() == before and orch.stack.image_id("app") == orch.v2_id
+        assert json.loads((orch.root / "rollback.lock").read_text())["pid"] == holder.pid, "the holder's lock was touched"
+        assert elapsed < 30
+        assert run.outcome()["result"] == "refused"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lock_whose_holder_died_is_taken_over(orch):
+    # The lock of the previous test names a process that no longer exists.
+    assert (orch.root / "rollback.lock").exists()
+    run = orch.run()
+    assert run.rc == 0, run.describe()
+    assert run.outcome()["result"] == "success" and orch.stack.image_id("app") == orch.v1_id
+    assert not (orch.root / "rollback.lock").exists()
+
+
+def test_a_run_killed_half_way_resumes_when_run_again(orch):
+    orch.break_app()
+    args = [str(ansible_run.ANSIBLE_PLAYBOOK), "-i", str(orch.inventory), str(ansible_run.PLAYBOOK_DIR / "rollback.yml")]
+    proc = subprocess.Popen(args, cwd=ansible_run.REPO_ROOT, env=ansible_run.ansible_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
+    journal = orch.root / "journal.json"
+
+    def attempt_started():
+        try:
+            steps = json.loads(journal.read_text())["steps"]
+        except (OSError, ValueError, KeyError):
+            return False
+        return any(step["step"] == "attempt-1" and step["status"] == "started" for step in steps)
+    try:
+        stacks.wait_until(attempt_started, 60, interval=0.02, message="the first attempt started")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    interrupted = json.loads(journal.read_text())
+    assert (orch.root / "rollback.lock").exists(), "the killed run's lock is gone"
+
+    run = orch.run()
+    assert run.rc == 0, run.describe()
+    outcome = run.outcome()
+    assert outcome["resumed"] is True and outcome["run_id"] == interrupted["run_id"]
+    assert outcome["result"] == "success" and orch.stack.image_id("app") == orch.v1_id
+    line = orch.audit()[-1]
+    assert line["run_id"] == interrupted["run_id"] and line["resumed"] == 1
+    assert not journal.exists() and not (orch.root / "rollback.lock").exists()
+
+
+def test_the_full_tier_without_confirmation_is_refused_and_changes_nothing(orch):
+    orch.break_app()
+    before = orch.containers()
+    run = orch.run(extra_vars={"lastgood_tier": "full"})
+    assert run.rc != 0
+    assert "lastgood_confirm=yes" in run.failure_msg()
+    assert orch.containers() == before and orch.stack.image_id("app") == orch.v2_id
+    assert not (orch.root / "rollback.lock").exists(), "a refused run kept the lock"
+    assert orch.audit()[-1]["result"] == "failed"
+    assert not any(s for s in orch.root.iterdir() if s.name.startswith("2") and (s / "BAD").exists()
+                   and "safety" in (s / "manifest.json").read_text()), "a safety snapshot was taken"
