@@ -1,0 +1,406 @@
+#!/usr/bin/python
+# Copyright (c) lastgood.rollback contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: git_revert
+short_description: Move a compose project's git work tree back to a snapshot's commit without losing work
+version_added: 0.2.0
+description:
+  - Tier 3 of the rollback (code). With O(state=rolled_back), moves the git work tree that holds O(project_dir)
+    to O(target), or to the commit the snapshot O(snapshot_id) recorded (the last known good one by default).
+  - Nothing is lost. Before the tree moves, the current commit is recorded under C(refs/lastgood/before-<id>)
+    (O(backup_ref_id)) and uncommitted and untracked changes go into a stash named C(lastgood before-<id>)
+    (C(git stash push --include-untracked)), which stays in the stash list. Ignored files are left alone.
+  - O(mode=checkout) on a branch resets the branch to the target (C(git reset --hard), only once the backup ref and
+    the stash exist); on a detached HEAD it checks the target out detached. O(mode=revert) adds revert commits for
+    every commit on top of the target (C(git revert --no-edit <target>..HEAD)), keeping the history; it needs a branch
+    and a target that is an ancestor of HEAD, and refuses merge commits in the range. A revert that fails is aborted
+    and the tree put back where it was, the stash popped.
+  - Refused with one line and nothing changed - a target that is not a commit (in a shallow clone, the message says
+    to fetch the history), revert mode on a detached HEAD, a dirty tree with O(stash=false) whose changes the move would
+    touch, a backup ref of the same id that already names another commit.
+  - Also returns the compose services built from source (C(build:)) and those whose build context holds a file the
+    move changes, so that a caller rebuilds exactly those.
+  - O(state=restored) returns the tree to C(refs/lastgood/before-<id>) and pops the stash C(lastgood before-<id>); what
+    the tree holds at that moment is kept too (C(refs/lastgood/after-<id>) for commits not reachable from the backup,
+    a stash C(lastgood after-<id>) for uncommitted changes).
+  - O(state=tagged) tags HEAD C(lastgood/good-<UTC YYYYmmddTHHMMSSZ>) (or O(tag)) unless a C(lastgood/good-*) tag
+    already points at it.
+author:
+  - lastgood.rollback developers (@lastgood)
+extends_documentation_fragment:
+  - lastgood.rollback.snapshots
+  - lastgood.rollback.attributes
+  - lastgood.rollback.attributes.ACTIONGROUP
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Performs every verification and returns the real plan - the commits that would be left or reverted, the files
+        that would change, what would be stashed, the backup ref - and changes nothing.
+  diff_mode:
+    support: full
+    details:
+      - Shows HEAD (commit, branch) and the uncommitted paths before, and the commit and changed files after.
+options:
+  project_dir:
+    description:
+      - The compose project directory, inside the git work tree to move. Git runs as C(git -C <project_dir>).
+    type: path
+    required: true
+    aliases: [repo_dir]
+  files:
+    description:
+      - Compose files, relative to O(project_dir). Default - what C(docker compose) picks.
+    type: list
+    elements: str
+  project_name:
+    description:
+      - Compose project name (finds the snapshots). Default - what C(docker compose) would use.
+    type: str
+  state:
+    description:
+      - V(rolled_back) moves the tree to the target, V(restored) returns it to the backup ref O(backup_ref_id),
+        V(tagged) tags HEAD as known good.
+    type: str
+    choices: [rolled_back, restored, tagged]
+    default: rolled_back
+  target:
+    description:
+      - Commit, tag or branch to move to. When omitted, the commit recorded in the snapshot O(snapshot_id).
+    type: str
+  snapshot_id:
+    description:
+      - Snapshot whose recorded commit (C(manifest.git.commit)) is the target when O(target) is omitted.
+        Defaults to the last-known-good snapshot.
+    type: str
+  mode:
+    description:
+      - V(checkout) puts the branch (or a detached HEAD) at the target; V(revert) adds revert commits, history kept.
+    type: str
+    choices: [checkout, revert]
+    default: checkout
+  backup_ref_id:
+    description:
+      - The C(<id>) of C(refs/lastgood/before-<id>) and of the stash C(lastgood before-<id>). Default - the current
+        UTC time, C(YYYYmmddTHHMMSSZ). Required with O(state=restored).
+    type: str
+  stash:
+    description:
+      - Stash uncommitted and untracked changes before the move. With V(false), a dirty tree is refused when the move
+        would touch its changes (in checkout mode on a branch, whenever the tree is dirty).
+    type: bool
+    default: true
+  tag:
+    description:
+      - With O(state=tagged), the tag name. Default - C(lastgood/good-<UTC YYYYmmddTHHMMSSZ>).
+    type: str
+requirements:
+  - git on the managed host.
+  - Docker Engine with the C(docker compose) v2 CLI plugin (reads the project's configuration), with O(state=rolled_back).
+notes:
+  - A second run at the target changes nothing (checkout - HEAD is the target and the tree clean; revert - HEAD's tree
+    is the target's).
+seealso:
+  - module: lastgood.rollback.snapshot_create
+"""
+
+EXAMPLES = r"""
+- name: Move the code back to the last known good snapshot's commit
+  lastgood.rollback.git_revert:
+    project_dir: /srv/shop
+  register: code
+
+- name: Revert the commits since a release tag, keeping the history
+  lastgood.rollback.git_revert:
+    project_dir: /srv/shop
+    target: v1.4.2
+    mode: revert
+    backup_ref_id: before-hotfix
+
+- name: Rebuild what changed
+  ansible.builtin.command:
+    argv: "{{ ['docker', 'compose', 'build', '--'] + code.services_to_rebuild }}"
+    chdir: /srv/shop
+  environment:
+    DOCKER_BUILDKIT: "0"
+  when: code.services_to_rebuild | length > 0
+  changed_when: true
+
+- name: Return the tree to where it was
+  lastgood.rollback.git_revert:
+    project_dir: /srv/shop
+    state: restored
+    backup_ref_id: "{{ code.backup_ref_id }}"
+
+- name: Tag the code that passed the gate
+  lastgood.rollback.git_revert:
+    project_dir: /srv/shop
+    state: tagged
+"""
+
+RETURN = r"""
+state:
+  description: The requested state.
+  returned: always
+  type: str
+toplevel:
+  description: The top level of the git work tree.
+  returned: always
+  type: str
+snapshot_id:
+  description: The snapshot whose commit was the target, else null.
+  returned: always
+  type: str
+project_name:
+  description: The compose project name, when it was resolved (O(state=rolled_back)).
+  returned: when O(state=rolled_back)
+  type: str
+mode:
+  description: The mode used.
+  returned: always
+  type: str
+target:
+  description: The commit the tree moves to (the backup's commit with O(state=restored), HEAD with O(state=tagged)).
+  returned: always
+  type: str
+before:
+  description: HEAD before - C(commit), C(branch) (null when detached), C(dirty).
+  returned: always
+  type: dict
+after:
+  description: C(commit) and C(branch) after (in check mode the planned commit; null for revert commits not yet made).
+  returned: always
+  type: dict
+backup_ref:
+  description: C(refs/lastgood/before-<id>), recorded at the commit before the move.
+  returned: when O(state) is not V(tagged)
+  type: str
+backup_ref_id:
+  description: The C(<id>) used.
+  returned: when O(state) is not V(tagged)
+  type: str
+stash:
+  description: The stash made (C(ref) as C(stash@{n}) at that moment, C(commit), C(message)), or null.
+    With O(state=restored), the stash popped.
+  returned: always
+  type: dict
+  sample: {ref: "stash@{0}", commit: 9c1f..., message: lastgood before-20261130T101500Z}
+uncommitted:
+  description: C(git status --porcelain) lines of the uncommitted and untracked changes before.
+  returned: always
+  type: list
+  elements: str
+commits:
+  description: C(<short> <subject>) of the commits left (checkout) or reverted (revert), newest first.
+  returned: always
+  type: list
+  elements: str
+files:
+  description: C(<status> <path>) of the files the move changes (paths relative to the top level).
+  returned: always
+  type: list
+  elements: str
+services_from_source:
+  description: Compose services with a C(build:) section.
+  returned: when O(state=rolled_back)
+  type: list
+  elements: str
+services_to_rebuild:
+  description: Services built from source whose build context (or Dockerfile) holds a changed or stashed file.
+  returned: when O(state=rolled_back)
+  type: list
+  elements: str
+tag:
+  description: With O(state=tagged), the tag at HEAD (the existing C(lastgood/good-*) one when unchanged).
+  returned: when O(state=tagged)
+  type: str
+actions:
+  description: Human-readable list of what was (or would be) done.
+  returned: always
+  type: list
+  elements: str
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.lastgood.rollback.plugins.module_utils import _git
+from ansible_collections.lastgood.rollback.plugins.module_utils._compose import ComposeError, ComposeProject
+from ansible_collections.lastgood.rollback.plugins.module_utils._errors import fail_step
+from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import (
+    BACKUP_ROOT_ARGUMENT_SPEC,
+    ManifestError,
+    compact_timestamp,
+    load_verified_snapshot,
+    utc_now,
+)
+
+
+def diff_text(commit, branch, lines, title):
+    text = "HEAD: %s%s\n" % (commit or "(new revert commits)", " on %s" % branch if branch else " (detached)")
+    if lines:
+        text += "%s:\n%s" % (title, "".join("  %s\n" % line for line in lines))
+    return text
+
+
+def snapshot_target(module, project, params):
+    """(snapshot id, recorded commit) of the requested snapshot."""
+    try:
+        snapshot_id, _directory, manifest = load_verified_snapshot(params["backup_root"], project.name,
+                                                                   params["snapshot_id"], check_files=False)
+    except ManifestError as exc:
+        module.fail_json(msg=str(exc))
+    recorded = manifest.get("git") or {}
+    commit = recorded.get("commit")
+    if recorded.get("dirty"):
+        module.warn("snapshot %s was taken from a work tree with uncommitted changes; they are not part of commit %s"
+                    % (snapshot_id, _git.short(commit)))
+    if not commit:
+        module.fail_json(msg="snapshot %s recorded no git commit (the project was not in a git work tree)" % snapshot_id,
+                         snapshot_id=snapshot_id)
+    return snapshot_id, commit
+
+
+def rolled_back(module, repo, params, stamp):
+    project = ComposeProject(module, params["project_dir"], params["files"], params["project_name"])
+    try:
+        project.config()
+    except ComposeError as exc:
+        fail_step(module, exc)
+    snapshot_id = None
+    target = params["target"]
+    label = target
+    if not target:
+        snapshot_id, target = snapshot_target(module, project, params)
+        label = "%s (snapshot %s)" % (_git.short(target), snapshot_id)
+    backup_id = params["backup_ref_id"] or stamp
+    plan = _git.plan_rollback(repo, target, params["mode"], params["stash"], backup_id, target_label=label)
+    after, stash, actions = _git.apply_rollback(repo, plan, module.check_mode)
+    touched = _git.paths_of(plan["files"]) + [line.split(" ", 1)[1] for line in plan["uncommitted"]]
+    services = project.services
+    compose_paths = set(project.compose_files()) | {".env"}
+    if plan["changed"] and not module.check_mode and touched:
+        # The compose files may differ at the target: read the configuration the target has.
+        project_rel = {_rel(repo.toplevel, project.project_dir, path) for path in _git.paths_of(plan["files"])}
+        if project_rel & compose_paths:
+            project = ComposeProject(module, params["project_dir"], params["files"], project.name)
+            try:
+                services = project.services
+            except ComposeError as exc:
+                fail_step(module, exc, changed=True, actions=actions, backup_ref=plan["backup_ref"], stash=stash)
+    built, affected = _git.source_services(project.project_dir, services, touched, repo.toplevel)
+    result = dict(
+        changed=plan["changed"],
+        snapshot_id=snapshot_id,
+        project_name=project.name,
+        target=plan["target"],
+        target_ref=plan["target_ref"],
+        before=plan["before"],
+        after={"commit": after, "branch": plan["before"]["branch"]},
+        backup_ref=plan["backup_ref"],
+        backup_ref_id=backup_id,
+        stash=stash if not module.check_mode else (
+            {"ref": None, "commit": None, "message": plan["stash_message"]} if plan["stash_wanted"] else None),
+        uncommitted=plan["uncommitted"],
+        commits=plan["commits"],
+        files=plan["files"],
+        services_from_source=built,
+        services_to_rebuild=affected if plan["changed"] else [],
+        actions=actions,
+    )
+    result["diff"] = dict(
+        before=diff_text(plan["before"]["commit"], plan["before"]["branch"], plan["uncommitted"], "uncommitted"),
+        after=diff_text(after, plan["before"]["branch"], plan["files"], "files changed"),
+    )
+    return result
+
+
+def _rel(toplevel, project_dir, path):
+    return os.path.relpath(os.path.join(toplevel, path), project_dir)
+
+
+def restored(module, repo, params):
+    if not params["backup_ref_id"]:
+        module.fail_json(msg="state=restored needs backup_ref_id (the <id> of refs/lastgood/before-<id>)")
+    plan = _git.plan_restore(repo, params["backup_ref_id"])
+    after, actions = _git.apply_restore(repo, plan, module.check_mode)
+    return dict(
+        changed=plan["changed"],
+        snapshot_id=None,
+        target=plan["target"],
+        before=plan["before"],
+        after={"commit": after, "branch": plan["before"]["branch"]},
+        backup_ref=plan["backup_ref"],
+        backup_ref_id=params["backup_ref_id"],
+        after_ref=plan["after_ref"],
+        stash=plan["stash"],
+        uncommitted=plan["uncommitted"],
+        commits=plan["commits"],
+        files=plan["files"],
+        actions=actions,
+        diff=dict(
+            before=diff_text(plan["before"]["commit"], plan["before"]["branch"], plan["uncommitted"], "uncommitted"),
+            after=diff_text(after, plan["before"]["branch"], plan["files"], "files changed"),
+        ),
+    )
+
+
+def tagged(module, repo, params, stamp):
+    plan = _git.plan_tag(repo, params["tag"] or _git.good_tag_name(stamp))
+    actions = _git.apply_tag(repo, plan, module.check_mode)
+    return dict(
+        changed=plan["changed"],
+        snapshot_id=None,
+        target=plan["commit"],
+        before={"commit": plan["commit"], "branch": repo.branch(), "dirty": None},
+        after={"commit": plan["commit"], "branch": repo.branch()},
+        tag=plan["tag"],
+        stash=None,
+        uncommitted=[],
+        commits=[],
+        files=[],
+        actions=actions,
+        diff=dict(before="", after="tag %s -> %s\n" % (plan["tag"], plan["commit"]) if plan["changed"] else ""),
+    )
+
+
+def main():
+    argument_spec = dict(
+        project_dir=dict(type="path", required=True, aliases=["repo_dir"]),
+        files=dict(type="list", elements="str"),
+        project_name=dict(type="str"),
+        state=dict(type="str", choices=["rolled_back", "restored", "tagged"], default="rolled_back"),
+        target=dict(type="str"),
+        snapshot_id=dict(type="str"),
+        mode=dict(type="str", choices=list(_git.MODES), default="checkout"),
+        backup_ref_id=dict(type="str"),
+        stash=dict(type="bool", default=True),
+        tag=dict(type="str"),
+        **BACKUP_ROOT_ARGUMENT_SPEC,
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
+                           mutually_exclusive=[("target", "snapshot_id")])
+    params = module.params
+    stamp = compact_timestamp(utc_now())
+    try:
+        repo = _git.Repo(module, params["project_dir"])
+        if params["state"] == "restored":
+            result = restored(module, repo, params)
+        elif params["state"] == "tagged":
+            result = tagged(module, repo, params, stamp)
+        else:
+            result = rolled_back(module, repo, params, stamp)
+    except _git.GitError as exc:
+        fail_step(module, exc)
+    result.update(state=params["state"], mode=params["mode"], toplevel=repo.toplevel)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,407 @@
+# Copyright (c) lastgood.rollback contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Tier 3 (code): playbooks/rollback_code.yml and the git_revert module, against real git and a real engine.
+
+The test project (tests/integration/code_support.py) is a git work tree with a service built from
+source (web) and one that is not (side). The scenario: commit the good release, snapshot, commit a
+release whose web never turns healthy, deploy it, leave an uncommitted edit and an untracked file,
+then `--check`, the rollback and a second rollback. The fault cases (shallow clone, detached HEAD,
+missing target, conflicting dirty tree, a failing build, an unhealthy gate) each get a project of
+their own; every one must end with a clear message and nothing lost.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+try:
+    from . import ansible_run, code_support, stacks
+except ImportError:
+    import ansible_run
+    import code_support
+    import stacks
+
+GOOD_TAG = re.compile(r"lastgood/good-\d{8}T\d{6}Z")
+BACKUP_REF = re.compile(r"refs/lastgood/before-\d{8}T\d{6}Z")
+# A failing gate must not take a minute in these tests.
+SHORT_GATE = {"health_gate_deadline_s": 6}
+
+
+@pytest.fixture(scope="module")
+def repos(docker_client, tmp_path_factory):
+    """Factory of code test projects, all destroyed after the file's last test."""
+    parent = tmp_path_factory.mktemp("code")
+    created = []
+
+    def factory(up=True):
+        repo = code_support.CodeRepo.create(parent, docker_client, up=up)
+        created.append(repo)
+        return repo
+
+    yield factory
+    for repo in created:
+        repo.destroy()
+
+
+def wait_version(repo, version, timeout=30):
+    stacks.wait_until(lambda: repo.get("web", "/version") == (200, version + "\n"), timeout,
+                      message="%s web answers %s" % (repo.project, version))
+
+
+def report_lines(run):
+    lines = []
+    for result in run.results_of_module("ansible.builtin.debug"):
+        message = result.get("msg")
+        lines += message if isinstance(message, list) else [str(message)]
+    return lines
+
+
+def git_state(repo):
+    """Everything of the work tree a run could change or lose."""
+    return {
+        "head": repo.head(),
+        "branch": repo.branch(),
+        "status": repo.status(),
+        "readme": (repo.dir / "README").read_text(),
+        "notes": (repo.dir / "notes.txt").read_text() if (repo.dir / "notes.txt").exists() else None,
+        "refs": repo.refs(),
+        "tags": repo.tags("*"),
+        "stashes": repo.stashes(),
+    }
+
+
+class Scenario:
+    def __init__(self, repo, work):
+        self.repo = repo
+        self.backup_root = work / "backups"
+        self.inventory = ansible_run.write_inventory(work, repo.host_vars(self.backup_root), name=repo.project + ".yml")
+        self.runs, self.git, self.containers = {}, {}, {}
+
+    def step(self, label, **kwargs):
+        self.runs[label] = ansible_run.run_playbook("rollback_code", self.inventory, **kwargs)
+        self.git[label] = git_state(self.repo)
+        self.containers[label] = self.repo.containers()
+        return self.runs[label]
+
+
+@pytest.fixture(scope="module")
+def scenario(repos, docker_client, tmp_path_factory):
+    repo = repos()
+    scenario = Scenario(repo, tmp_path_factory.mktemp("scenario"))
+    try:
+        yield from play_scenario(scenario, repo)
+    finally:
+        # The snapshot pins side's image (lastgood-bench/busybox) under a lastgood-<project>-<id> tag.
+        ansible_run.remove_snapshot_pins(docker_client, scenario.backup_root)
+
+
+def play_scenario(scenario, repo):
+    snapshot = ansible_run.run_playbook("snapshot", scenario.inventory)
+    assert snapshot.rc == 0, snapshot.describe()
+    scenario.snapshot_id = snapshot.outcome()["snapshot_id"]
+    scenario.good = repo.head()
+    scenario.good_image = repo.image_of_reference()
+    scenario.bad = repo.commit_bad()
+    repo.deploy()
+    wait_version(repo, "bad")
+    scenario.bad_image = repo.image_of_reference()
+    # Work in progress that a rollback must not lose.
+    (repo.dir / "README").write_text("an edit nobody committed\n")
+    (repo.dir / "notes.txt").write_text("an untracked file\n")
+    scenario.git["deployed"] = git_state(repo)
+    scenario.containers["deployed"] = repo.containers()
+    scenario.step("check", check=True)
+    scenario.step("rollback")
+    scenario.version = repo.get("web", "/version")
+    scenario.health = repo.health("web")
+    scenario.image = repo.image_of_reference()
+    scenario.step("again")
+    yield scenario
+
+
+def succeeded(scenario, label):
+    run = scenario.runs[label]
+    assert run.rc == 0, run.describe()
+    return run
+
+
+def test_check_mode_lists_the_plan_and_changes_nothing(scenario):
+    run = succeeded(scenario, "check")
+    assert scenario.git["check"] == scenario.git["deployed"]
+    assert scenario.containers["check"] == scenario.containers["deployed"]
+    outcome = run.outcome()
+    assert outcome["result"] == "planned" and outcome["check_mode"] is True
+    assert outcome["commits"] == ["%s web bad" % scenario.bad[:7]]
+    assert outcome["files"] == ["A web/www/health", "M web/www/version"]
+    assert outcome["commit_after"] == scenario.good
+    assert outcome["services_changed"] == ["web"]
+    move = run.results_of_module("lastgood.rollback.git_revert")[0]
+    assert move["changed"] is True
+    assert sorted(move["uncommitted"]) == ["?? notes.txt", "M README"]
+    assert "web/www/version" in move["diff"]["after"] and "README" in move["diff"]["before"]
+    lines = report_lines(run)
+    assert any(line.startswith("reset branch main from %s to %s" % (scenario.bad[:12], scenario.good[:12])) for line in lines), lines
+
+
+def test_the_tree_is_at_the_snapshot_commit_on_its_branch(scenario):
+    succeeded(scenario, "rollback")
+    state = scenario.git["rollback"]
+    assert state["head"] == scenario.good
+    assert state["branch"] == "main"
+    assert state["status"] == ""
+
+
+def test_the_commit_before_is_kept_in_a_backup_ref(scenario):
+    run = succeeded(scenario, "rollback")
+    refs = scenario.git["rollback"]["refs"]
+    assert len(refs) == 1
+    (ref, commit), = refs.items()
+    assert BACKUP_REF.fullmatch(ref) and commit == scenario.bad
+    assert run.outcome()["backup_ref"] == ref
+
+
+def test_uncommitted_and_untracked_work_is_in_the_named_stash(scenario):
+    run = succeeded(scenario, "rollback")
+    repo = scenario.repo
+    (commit, subject), = scenario.git["rollback"]["stashes"]
+    backup_id = run.outcome()["backup_ref"].rsplit("before-", 1)[1]
+    assert subject == "On main: lastgood before-%s" % backup_id
+    assert repo.out("show", "%s:README" % commit) == "an edit nobody committed"
+    # The third parent of a stash made with --include-untracked holds the untracked files.
+    assert repo.out("show", "%s^3:notes.txt" % commit) == "an untracked file"
+    # The stash was made on top of the bad release.
+    assert repo.out("rev-parse", "%s^1" % commit) == scenario.bad
+    # The git-ignored .env was left where it is.
+    assert (repo.dir / ".env").is_file()
+
+
+def test_the_service_built_from_source_is_rebuilt_recreated_and_healthy(scenario):
+    succeeded(scenario, "rollback")
+    assert scenario.version == (200, "good\n")
+    assert scenario.health == "healthy"
+    assert scenario.image != scenario.bad_image
+    before, after = scenario.containers["deployed"], scenario.containers["rollback"]
+    assert after["web"][0] != before["web"][0] and after["web"][1] == scenario.image
+    # side is not built from source: neither recreated nor restarted.
+    assert after["side"] == before["side"]
+
+
+def test_the_result_is_tagged_known_good(scenario):
+    run = succeeded(scenario, "rollback")
+    tags = scenario.git["rollback"]["tags"]
+    assert len(tags) == 1 and GOOD_TAG.fullmatch(tags[0]), tags
+    assert scenario.repo.out("rev-list", "-n1", tags[0]) == scenario.good
+    outcome = run.outcome()
+    assert outcome["tier"] == "code" and outcome["result"] == "success" and outcome["healthy"] is True
+    assert outcome["tag"] == tags[0] and outcome["snapshot_id"] == scenario.snapshot_id
+
+
+def test_a_second_run_changes_nothing(scenario):
+    run = succeeded(scenario, "again")
+    assert run.recap["changed"] == 0, run.describe()
+    assert scenario.git["again"] == scenario.git["rollback"]
+    assert scenario.containers["again"] == scenario.containers["rollback"]
+    assert run.outcome()["services_changed"] == []
+
+
+def test_revert_mode_keeps_the_history(repos, tmp_path):
+    repo = repos()
+    good = repo.head()
+    bad = repo.commit_bad()
+    repo.deploy()
+    wait_version(repo, "bad")
+    inventory = ansible_run.write_inventory(tmp_path, repo.host_vars(tmp_path / "backups"))
+    run = ansible_run.run_playbook("rollback_code", inventory,
+                                   extra_vars={"lastgood_git_ref": good, "lastgood_git_mode": "revert"})
+    assert run.rc == 0, run.describe()
+    head = repo.head()
+    assert head not in (good, bad)
+    assert repo.out("rev-parse", "HEAD^") == bad  # a revert commit on top of the bad one
+    assert repo.out("log", "-1", "--format=%s") == 'Revert "web bad"'
+    assert repo.out("diff", good, "HEAD") == ""  # ... whose tree is the good one
+    assert repo.branch() == "main" and repo.status() == ""
+    assert repo.refs() == {"refs/lastgood/before-%s" % run.outcome()["backup_ref"].rsplit("before-", 1)[1]: bad}
+    assert run.outcome()["mode"] == "revert" and run.outcome()["healthy"] is True
+    wait_version(repo, "good", timeout=5)
+    again = ansible_run.run_playbook("rollback_code", inventory,
+                                     extra_vars={"lastgood_git_ref": good, "lastgood_git_mode": "revert"})
+    assert again.rc == 0 and again.recap["changed"] == 0, again.describe()
+    assert repo.head() == head
+
+
+# -- refusals: one line, nothing changed ---------------------------------------------------------
+
+@pytest.fixture
+def idle_repo(repos):
+    """A project with a good and a bad commit, not running (the module only reads the compose config)."""
+    repo = repos(up=False)
+    repo.good = repo.head()
+    repo.bad = repo.commit_bad()
+    return repo
+
+
+def run_git_revert(repo, tmp_path, check=False, **args):
+    inventory = ansible_run.write_inventory(tmp_path, repo.host_vars(tmp_path / "backups"))
+    args = dict({"project_dir": str(repo.dir), "backup_root": str(tmp_path / "backups")}, **args)
+    return ansible_run.run_module(inventory, "git_revert", args, tmp_path, check=check)
+
+
+def refused(run):
+    assert run.rc != 0, run.describe()
+    return run.failure_msg()
+
+
+def test_a_missing_target_is_refused(idle_repo, tmp_path):
+    before = git_state(idle_repo)
+    msg = refused(run_git_revert(idle_repo, tmp_path, target="0123456789abcdef0123456789abcdef01234567"))
+    assert msg == "target 0123456789abcdef0123456789abcdef01234567 is not a commit in %s, nothing changed" % idle_repo.dir
+    assert git_state(idle_repo) == before
+
+
+def test_a_target_that_looks_like_an_option_is_refused(idle_repo, tmp_path):
+    before = git_state(idle_repo)
+    assert "is not a commit" in refused(run_git_revert(idle_repo, tmp_path, target="--orphan"))
+    assert git_state(idle_repo) == before
+
+
+def test_a_shallow_clone_lacking_the_target_is_refused(idle_repo, tmp_path):
+    clone = tmp_path / "clone"
+    stacks.run(["git", "clone", "-q", "--depth", "1", "file://%s" % idle_repo.dir, clone])
+    (clone / ".env").write_text((idle_repo.dir / ".env").read_text())
+    head = stacks.run(["git", "-C", clone, "rev-parse", "HEAD"]).stdout.strip()
+    inventory = ansible_run.write_inventory(tmp_path, idle_repo.host_vars(tmp_path / "backups"))
+    run = ansible_run.run_module(inventory, "git_revert", {"project_dir": str(clone), "target": idle_repo.good}, tmp_path)
+    msg = refused(run)
+    assert msg.startswith("shallow clone lacks %s: fetch the history first" % idle_repo.good), msg
+    assert "--unshallow" in msg
+    assert stacks.run(["git", "-C", clone, "rev-parse", "HEAD"]).stdout.strip() == head
+    assert stacks.run(["git", "-C", clone, "for-each-ref", "refs/lastgood"]).stdout == ""
+
+
+def test_revert_mode_on_a_detached_head_is_refused(idle_repo, tmp_path):
+    idle_repo.git("checkout", "-q", "--detach", idle_repo.bad)
+    before = git_state(idle_repo)
+    msg = refused(run_git_revert(idle_repo, tmp_path, target=idle_repo.good, mode="revert"))
+    assert msg.startswith("HEAD is detached at %s: revert mode adds commits to a branch" % idle_repo.bad[:12]), msg
+    assert git_state(idle_repo) == before
+
+
+def test_checkout_mode_on_a_detached_head_checks_out_detached(idle_repo, tmp_path):
+    idle_repo.git("checkout", "-q", "--detach", idle_repo.bad)
+    (idle_repo.dir / "notes.txt").write_text("untracked work\n")
+    run = run_git_revert(idle_repo, tmp_path, target=idle_repo.good)
+    assert run.rc == 0, run.describe()
+    result = run.result()
+    assert idle_repo.head() == idle_repo.good and idle_repo.branch() is None
+    assert idle_repo.out("rev-parse", "main") == idle_repo.bad  # the branch is untouched
+    assert result["before"] == {"commit": idle_repo.bad, "branch": None, "dirty": True}
+    assert result["stash"]["message"].startswith("lastgood before-")
+    assert idle_repo.out("show", "%s^3:notes.txt" % result["stash"]["commit"]) == "untracked work"
+    assert idle_repo.refs() == {result["backup_ref"]: idle_repo.bad}
+    # and back: the tree where it was, the untracked file popped from the stash
+    back = run_git_revert(idle_repo, tmp_path, state="restored", backup_ref_id=result["backup_ref_id"])
+    assert back.rc == 0, back.describe()
+    assert idle_repo.head() == idle_repo.bad and idle_repo.branch() is None
+    assert (idle_repo.dir / "notes.txt").read_text() == "untracked work\n" and idle_repo.stashes() == []
+
+
+def test_conflicting_changes_without_stash_are_refused_in_revert_mode(idle_repo, tmp_path):
+    (idle_repo.dir / "web" / "www" / "version").write_text("hand-edited\n")
+    before = git_state(idle_repo)
+    msg = refused(run_git_revert(idle_repo, tmp_path, target=idle_repo.good, mode="revert", stash=False))
+    assert msg == ("the work tree has uncommitted changes the rollback would touch (web/www/version): commit them or use"
+                   " stash=true, nothing changed")
+    assert git_state(idle_repo) == before
+    assert (idle_repo.dir / "web" / "www" / "version").read_text() == "hand-edited\n"
+
+
+def test_revert_mode_refuses_merge_commits(idle_repo, tmp_path):
+    idle_repo.git("checkout", "-q", "-b", "side", idle_repo.good)
+    (idle_repo.dir / "README").write_text("from a side branch\n")
+    idle_repo.commit_all("side change")
+    idle_repo.git("checkout", "-q", "main")
+    idle_repo.git("merge", "-q", "--no-ff", "--no-edit", "side")
+    before = git_state(idle_repo)
+    msg = refused(run_git_revert(idle_repo, tmp_path, target=idle_repo.good, mode="revert"))
+    assert msg.startswith("revert mode cannot undo merge commits"), msg
+    assert git_state(idle_repo) == before
+
+
+def test_check_mode_equals_the_real_run_and_the_second_run_changes_nothing(idle_repo, tmp_path):
+    (idle_repo.dir / "README").write_text("dirty\n")
+    args = {"target": idle_repo.good, "backup_ref_id": "cycle"}
+    inventory = ansible_run.write_inventory(tmp_path, idle_repo.host_vars(tmp_path / "backups"))
+    cycle = ansible_run.run_cycle(inventory, "git_revert", dict(args, project_dir=str(idle_repo.dir)), tmp_path)
+    check, real = cycle.results["check"], cycle.results["run"]
+    assert check["changed"] is real["changed"] is True
+    for key in ("commits", "files", "uncommitted", "target", "before", "backup_ref", "actions", "services_to_rebuild"):
+        assert check[key] == real[key], key
+    assert check["after"]["commit"] == real["after"]["commit"] == idle_repo.good
+    assert cycle.results["check again"]["changed"] is False and cycle.results["run again"]["changed"] is False
+    assert real["services_to_rebuild"] == ["web"] and real["services_from_source"] == ["web"]
+    assert idle_repo.refs() == {"refs/lastgood/before-cycle": idle_repo.bad}
+
+
+# -- failures after the move: the tree goes back ---------------------------------------------------
+
+def test_a_failing_build_returns_the_tree(repos, tmp_path):
+    repo = repos()
+    dockerfile = repo.dir / "web" / "Dockerfile"
+    dockerfile.write_text(code_support.DOCKERFILE.format(project=repo.project) + "COPY missing-file /nowhere\n")
+    broken = repo.commit_all("a release that does not build")
+    dockerfile.write_text(code_support.DOCKERFILE.format(project=repo.project))
+    fixed = repo.commit_all("fixed again")
+    (repo.dir / "README").write_text("work in progress\n")
+    before = git_state(repo)
+    containers = repo.containers()
+    inventory = ansible_run.write_inventory(tmp_path, repo.host_vars(tmp_path / "backups"))
+    run = ansible_run.run_playbook("rollback_code", inventory, extra_vars={"lastgood_git_ref": broken})
+    assert run.rc != 0
+    msg = run.failure_msg()
+    assert msg.startswith("code rollback failed: rebuilding web failed: ") and "missing-file" in msg, msg
+    assert msg.endswith("; the tree is back at %s" % fixed), msg
+    after = git_state(repo)
+    assert after["head"] == fixed and after["branch"] == "main"
+    assert after["readme"] == "work in progress\n" and after["status"] == before["status"] and after["stashes"] == []
+    assert list(after["refs"].values()) == [fixed]  # the backup ref stays, for the record
+    assert after["tags"] == []
+    assert repo.containers()["side"] == containers["side"]
+    outcome = run.outcome()
+    assert outcome["result"] == "failed" and outcome["restored"] is True
+
+
+def test_an_unhealthy_gate_returns_the_tree_or_leaves_it_for_the_orchestrator(repos, tmp_path):
+    repo = repos()
+    bad = repo.commit_bad()
+    repo.write_version("good again")
+    fixed = repo.commit_all("web good again")
+    repo.deploy()
+    wait_version(repo, "good again")
+    inventory = ansible_run.write_inventory(tmp_path, repo.host_vars(tmp_path / "backups", **SHORT_GATE))
+
+    # Standalone: the gate fails, the tree returns and web is rebuilt from it.
+    run = ansible_run.run_playbook("rollback_code", inventory, extra_vars={"lastgood_git_ref": bad})
+    assert run.rc != 0
+    msg = run.failure_msg()
+    assert "code rolled back, but the stack is not healthy" in msg and "the tree is back at %s" % fixed in msg, msg
+    assert repo.head() == fixed and repo.status() == "" and repo.tags() == []
+    assert run.outcome()["healthy"] is False and run.outcome()["restored"] is True
+    wait_version(repo, "good again")
+
+    # For an orchestrator (report=false): no failure, healthy=false, the tree stays at the target.
+    tasks = [
+        {"name": "code tier", "ansible.builtin.include_role": {"name": "lastgood.rollback.rollback_code"},
+         "vars": {"rollback_code_report": False, "rollback_code_git_ref": bad}},
+        {"name": "result", "ansible.builtin.debug": {"var": "rollback_code_result"}},
+    ]
+    run = ansible_run.run_tasks(inventory, tasks, tmp_path)
+    assert run.rc == 0, run.describe()
+    result = run.result("result")["rollback_code_result"]
+    assert result["healthy"] is False and result["changed"] is True
+    assert result["commit_before"] == fixed and result["commit_after"] == bad == repo.head()
+    assert result["services_changed"] == ["web"] and result["restored"] is False
+    assert BACKUP_REF.fullmatch(result["backup_ref"]) and repo.refs()[result["backup_ref"]] == fixed
+    assert "lastgood_outcome" not in run.global_custom_stats
+    assert repo.tags() == []
