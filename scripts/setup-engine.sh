@@ -3,7 +3,9 @@
 # Docker Engine (bookworm's docker.io), the compose v2 CLI plugin (from trixie's
 # docker-compose package, fetched without switching the machine to trixie),
 # busybox-static and debootstrap for building images without a registry, and PostgreSQL 15
-# (client tools, and the server binaries the direct-access tests run a private server with).
+# (client tools, and the server binaries the direct-access tests run a private server with),
+# and Prometheus with promtool (the tests run their own server on 127.0.0.1; the package's
+# own service is never started, see install_prometheus).
 # Idempotent: what is already installed or running is used as it is.
 set -euo pipefail
 
@@ -29,6 +31,31 @@ apt_install() {
   fi
   log "installing ${missing[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+install_prometheus() {
+  # Debian's package would start its service (listening on 0.0.0.0:9090) during the install
+  # and at every boot. The tests start their own server on 127.0.0.1 with a private config,
+  # so the package's service is kept from starting: a policy-rc.d that refuses every start
+  # for the length of the install (only if the machine has none), then the unit disabled.
+  if dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q 'install ok installed'; then
+    return 0
+  fi
+  local policy=/usr/sbin/policy-rc.d own_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# setup-engine.sh: no service starts while prometheus is installed\nexit 101\n' >"$policy"
+    chmod 0755 "$policy"
+    own_policy=1
+  fi
+  local status=0
+  apt_install prometheus || status=$?
+  [ "$own_policy" = 1 ] && rm -f "$policy"
+  [ "$status" = 0 ] || exit "$status"
+  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  elif command -v update-rc.d >/dev/null 2>&1 && [ -e /etc/init.d/prometheus ]; then
+    update-rc.d prometheus disable >/dev/null 2>&1 || true
+  fi
 }
 
 engine_answers() { timeout 10 docker info >/dev/null 2>&1; }
@@ -88,6 +115,7 @@ if ! engine_answers; then
   command -v dockerd >/dev/null 2>&1 || apt_install docker.io
 fi
 apt_install busybox-static debootstrap postgresql-client-15 postgresql-15 iproute2 curl
+install_prometheus
 install_compose_plugin
 start_engine
 log "engine $(docker version --format '{{.Server.Version}}'), $(docker compose version --short 2>/dev/null || docker compose version)"

@@ -1,17 +1,23 @@
 # Copyright (c) lastgood.rollback contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Health checks (HTTP, TCP, compose containers, PostgreSQL) and the polling loop.
+"""Health checks (HTTP, TCP, compose containers, PostgreSQL, Prometheus queries) and the polling loop.
 
 The probes talk to the network; everything around them (parsing and validating the check
 specifications, running one round in parallel with a hard time bound, the polling rules,
 the messages) is plain Python: `poll()` takes its clock and sleep function as arguments so
 its timing rules can be tested without waiting.
+
+A check ends a probe ok, failed or inconclusive. Only a Prometheus check can be inconclusive:
+its query said nothing (no data, NaN, Prometheus unreachable, the query refused). An
+inconclusive round is never counted as healthy, nor as failed; a gate whose last word was
+inconclusive ends with the verdict `inconclusive`, never `healthy`.
 """
 
 from __future__ import annotations
 
 import collections
 import http.client
+import json
 import math
 import os
 import re
@@ -22,7 +28,7 @@ import time
 import traceback
 from urllib import error as urllib_error
 from urllib import request as urllib_request
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from ansible_collections.lastgood.rollback.plugins.module_utils import _docker
 from ansible_collections.lastgood.rollback.plugins.module_utils._compose import PROJECT_ARGUMENT_SPEC
@@ -37,7 +43,17 @@ except ImportError:  # pragma: no cover - exercised only without psycopg2
     PSYCOPG2_IMPORT_ERROR = traceback.format_exc()
 
 
-CHECK_TYPES = ("http", "tcp", "container", "postgres")
+CHECK_TYPES = ("http", "tcp", "container", "postgres", "prometheus")
+COMPARISONS = {
+    "<": lambda value, threshold: value < threshold,
+    "<=": lambda value, threshold: value <= threshold,
+    ">": lambda value, threshold: value > threshold,
+    ">=": lambda value, threshold: value >= threshold,
+    "==": lambda value, threshold: value == threshold,
+    "!=": lambda value, threshold: value != threshold,
+}
+VERDICTS = ("healthy", "failed", "inconclusive")
+ON_INCONCLUSIVE = ("fail", "report")
 
 # Argument spec of one entry of `checks`. Options that belong to one check type carry no
 # default here: the type's defaults are applied by parse_checks(), so an option given for the
@@ -46,7 +62,7 @@ CHECK_ARGUMENT_SPEC = dict(
     name=dict(type="str", required=True),
     type=dict(type="str", choices=list(CHECK_TYPES)),
     timeout_s=dict(type="float", default=2.0),
-    # http
+    # http and prometheus
     url=dict(type="str"),
     status=dict(type="list", elements="int"),
     body_regex=dict(type="str"),
@@ -66,6 +82,10 @@ CHECK_ARGUMENT_SPEC = dict(
     user=dict(type="str"),
     password=dict(type="str", no_log=True),
     database=dict(type="str"),
+    # prometheus
+    query=dict(type="str"),
+    threshold=dict(type="float"),
+    comparison=dict(type="str", choices=list(COMPARISONS)),
 )
 
 POLL_ARGUMENT_SPEC = dict(
@@ -84,6 +104,7 @@ def module_argument_spec():
         checks=dict(type="list", elements="dict", required=True, options=CHECK_ARGUMENT_SPEC),
         fail_on_unhealthy=dict(type="bool", default=True),
         validate_only=dict(type="bool", default=False),
+        on_inconclusive=dict(type="str", default="fail", choices=list(ON_INCONCLUSIVE)),
     )
     spec.update(POLL_ARGUMENT_SPEC)
     return spec
@@ -99,6 +120,8 @@ TYPE_OPTIONS = {
     "container": dict(project_dir=None, files=None, project_name=None, services=None),
     "postgres": dict(host="127.0.0.1", port=5432, user="postgres", password=None,
                      database="postgres"),
+    "prometheus": dict(url=_REQUIRED, query=_REQUIRED, threshold=_REQUIRED, comparison="<=",
+                       validate_certs=True, headers=None),
 }
 COMMON_OPTIONS = ("name", "type", "timeout_s")
 
@@ -108,6 +131,7 @@ HISTORY_CAP = 50
 WATCHDOG_GRACE_S = 0.5
 MAX_BODY_BYTES = 1024 * 1024
 MAX_ERROR_CHARS = 300
+PROMETHEUS_QUERY_PATH = "/api/v1/query"
 
 
 class HealthSpecError(Exception):
@@ -119,14 +143,28 @@ class HealthSpecError(Exception):
 class CheckResult:
     """The outcome of one probe."""
 
-    def __init__(self, check, ok, latency_ms=None, error=None, status=None, containers=None):
+    def __init__(self, check, ok, latency_ms=None, error=None, status=None, containers=None,
+                 inconclusive=False, value=None, labels=None, series=None, reason=None):
         self.name = check.name
         self.type = check.type
-        self.ok = ok
+        # An inconclusive probe is never ok: it proved nothing either way.
+        self.ok = False if inconclusive else ok
+        self.inconclusive = bool(inconclusive)
         self.latency_ms = latency_ms
         self.error = _clip(error) if error else None
         self.status = status
         self.containers = containers
+        self.value = value
+        self.labels = labels
+        self.series = series
+        self.reason = _clip(reason) if reason else self.error
+
+    @property
+    def failed(self):
+        """Failed for certain: not ok and not merely inconclusive (None before any probe)."""
+        if self.ok is None:
+            return None
+        return not self.ok and not self.inconclusive
 
     def as_dict(self):
         result = dict(
@@ -139,6 +177,14 @@ class CheckResult:
         )
         if self.type == "container":
             result["containers"] = self.containers or []
+        if self.type == "prometheus":
+            result.update(
+                inconclusive=None if self.ok is None else self.inconclusive,
+                value=self.value,
+                labels=self.labels,
+                series=self.series,
+                reason=self.reason,
+            )
         return result
 
 
@@ -213,6 +259,23 @@ class _NoRedirect(urllib_request.HTTPRedirectHandler):
         return None
 
 
+def build_opener(validate_certs):
+    """A urllib opener that follows no redirect and ignores proxy settings."""
+    if validate_certs:
+        context = ssl.create_default_context()
+    else:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    # An empty ProxyHandler: http_proxy/https_proxy from the environment are ignored, a
+    # health check must reach the host itself.
+    return urllib_request.build_opener(
+        urllib_request.ProxyHandler({}),
+        urllib_request.HTTPSHandler(context=context),
+        _NoRedirect(),
+    )
+
+
 class HttpCheck(Check):
     type = "http"
 
@@ -226,19 +289,7 @@ class HttpCheck(Check):
         self.method = options["method"]
         self.headers = dict(options["headers"] or {})
         self.host = urlsplit(self.url).hostname
-        if options["validate_certs"]:
-            context = ssl.create_default_context()
-        else:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        # An empty ProxyHandler: http_proxy/https_proxy from the environment are ignored, a
-        # health check must reach the host itself.
-        self.opener = urllib_request.build_opener(
-            urllib_request.ProxyHandler({}),
-            urllib_request.HTTPSHandler(context=context),
-            _NoRedirect(),
-        )
+        self.opener = build_opener(options["validate_certs"])
 
     def expected_status(self):
         return ", ".join(str(code) for code in self.status)
@@ -410,7 +461,152 @@ def describe_postgres_error(exc, timeout_s):
     return one_line(text) or type(exc).__name__
 
 
-CHECK_CLASSES = dict(http=HttpCheck, tcp=TcpCheck, container=ContainerCheck, postgres=PostgresCheck)
+class PrometheusCheck(Check):
+    """An instant PromQL query whose every series must compare with a threshold.
+
+    Ok when every series satisfies `value <comparison> threshold`, failed when one does not
+    (the worst series is reported), inconclusive when the answer proves nothing: no series,
+    only NaN, not a number, Prometheus unreachable or answering with an error (a query it
+    refuses, a timeout). The time window is part of the query (`rate(x[30s])`).
+    """
+
+    type = "prometheus"
+
+    def __init__(self, options):
+        super().__init__(options)
+        self.url = prometheus_query_url(options["url"])
+        self.query = options["query"]
+        self.threshold = float(options["threshold"])
+        self.comparison = options["comparison"]
+        self.headers = dict(options["headers"] or {})
+        self.host = urlsplit(self.url).hostname
+        self.opener = build_opener(options["validate_certs"])
+
+    def _result(self, latency_ms, inconclusive=False, **kwargs):
+        if inconclusive:
+            kwargs["error"] = "inconclusive: %s" % kwargs.pop("reason")
+        return CheckResult(self, ok=not inconclusive and kwargs.get("error") is None,
+                           latency_ms=latency_ms, inconclusive=inconclusive, **kwargs)
+
+    def timed_out(self, elapsed_s):
+        return self._result(elapsed_s * 1000.0, inconclusive=True,
+                            reason="Prometheus did not answer within %s" % _seconds(self.timeout_s))
+
+    def probe(self):
+        # POST with a form body: a long query never meets a URL length limit. Prometheus
+        # stops evaluating at its own `timeout`, so a slow query ends as an error answer.
+        body = urlencode(dict(query=self.query, timeout="%g" % self.timeout_s)).encode()
+        request = urllib_request.Request(self.url, data=body, method="POST", headers=self.headers)
+        request.add_header("User-Agent", "lastgood.rollback.health_check")
+        request.add_header("Content-Type", "application/x-www-form-urlencoded")
+        started = time.monotonic()
+        try:
+            try:
+                response = self.opener.open(request, timeout=self.timeout_s)
+            except urllib_error.HTTPError as answer:  # 400/422/503 carry the API's error
+                response = answer
+            try:
+                status = response.getcode()
+                payload = response.read(MAX_BODY_BYTES)
+            finally:
+                response.close()
+        except Exception as exc:
+            return self._result((time.monotonic() - started) * 1000.0, inconclusive=True,
+                                reason="Prometheus unreachable: %s"
+                                % describe_os_error(exc, self.timeout_s, self.host))
+        latency_ms = round((time.monotonic() - started) * 1000.0, 1)
+        verdict = evaluate_prometheus_answer(status, payload, self.comparison, self.threshold)
+        return self._result(latency_ms, status=status, **verdict)
+
+
+def prometheus_query_url(url):
+    """The instant query endpoint under a Prometheus base URL (a full endpoint URL is kept)."""
+    base = url.rstrip("/")
+    if base.endswith(PROMETHEUS_QUERY_PATH):
+        return base
+    return base + PROMETHEUS_QUERY_PATH
+
+
+def _format_value(value):
+    return "%g" % value
+
+
+def _parse_sample_value(text):
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def evaluate_prometheus_answer(status, payload, comparison, threshold):
+    """Judge an answer of /api/v1/query; returns the keyword arguments of a CheckResult.
+
+    Keys: inconclusive, reason and, when there is a verdict, value, labels, series and
+    (failed) error. Every series is compared; the worst one is reported: a failing series
+    beats a NaN one, which beats a passing one; among equals the one furthest from passing.
+    """
+    try:
+        answer = json.loads(payload.decode("utf-8", "replace"))
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict) or answer.get("status") not in ("success", "error"):
+        return dict(inconclusive=True, reason="HTTP %s: not an answer of the Prometheus query API" % status)
+    if answer["status"] == "error":
+        return dict(inconclusive=True, reason="query refused (HTTP %s, %s): %s" % (
+            status, answer.get("errorType") or "error", one_line(answer.get("error") or "no message")))
+    data = answer.get("data") if isinstance(answer.get("data"), dict) else {}
+    result_type = data.get("resultType")
+    result = data.get("result")
+    if result_type == "scalar" and isinstance(result, list) and len(result) == 2:
+        samples = [({}, result[1])]
+    elif result_type == "vector" and isinstance(result, list):
+        samples = [((item.get("metric") or {}), (item.get("value") or [None, None])[1])
+                   for item in result if isinstance(item, dict)]
+    else:
+        return dict(inconclusive=True, reason="query returned a %s, not an instant vector or a scalar"
+                    % (result_type or "malformed result"))
+    if not samples:
+        return dict(inconclusive=True, series=0, reason="no data: the query returned no series")
+
+    passes = COMPARISONS[comparison]
+    # A larger value is worse when the threshold is an upper bound, a smaller one otherwise.
+    worse_sign = -1.0 if comparison in (">", ">=") else 1.0
+    ranked = []
+    for labels, text in samples:
+        value = _parse_sample_value(text)
+        if value is None or math.isnan(value):
+            rank = 1  # says nothing
+        elif passes(value, threshold):
+            rank = 0
+        else:
+            rank = 2
+        badness = 0.0 if value is None or math.isnan(value) else worse_sign * value
+        ranked.append((rank, badness, labels, value, text))
+    rank, badness, labels, value, text = max(ranked, key=lambda item: (item[0], item[1]))
+    series = len(samples)
+    where = _series_name(labels, series)
+    if rank == 1:
+        return dict(inconclusive=True, series=series, labels=labels,
+                    reason="no data: %s is %s" % (where, "NaN" if value is not None else repr(text)))
+    shown = _format_value(value)
+    if math.isinf(value):  # JSON has no infinity: the text stays in reason
+        value = None
+    if rank == 2:
+        text = "%s = %s, not %s %g" % (where, shown, comparison, threshold)
+        return dict(series=series, labels=labels, value=value, error=text, reason=text)
+    return dict(series=series, labels=labels, value=value,
+                reason="%s = %s %s %g" % (where, shown, comparison, threshold))
+
+
+def _series_name(labels, count):
+    if not labels:
+        return "value" if count == 1 else "worst of %d series" % count
+    text = "{%s}" % ",".join('%s="%s"' % (key, labels[key]) for key in sorted(labels))
+    return text if count == 1 else "worst of %d series %s" % (count, text)
+
+
+CHECK_CLASSES = dict(http=HttpCheck, tcp=TcpCheck, container=ContainerCheck, postgres=PostgresCheck,
+                     prometheus=PrometheusCheck)
 
 
 # -- parsing and validation -------------------------------------------------------------------
@@ -444,13 +640,15 @@ def parse_checks(raw_checks, environ=None):
 def _apply_type_defaults(name, raw):
     check_type = raw.get("type")
     if check_type is None:
-        if raw.get("url") is not None:
+        if raw.get("query") is not None:
+            check_type = "prometheus"
+        elif raw.get("url") is not None:
             check_type = "http"
         elif raw.get("port") is not None:
             check_type = "tcp"
         else:
             raise HealthSpecError(
-                "check %r: type is required when neither url (http) nor port (tcp) is given" % name)
+                "check %r: type is required when neither query (prometheus), url (http) nor port (tcp) is given" % name)
     if check_type not in CHECK_CLASSES:
         raise HealthSpecError("check %r: unknown type %r (one of %s)"
                               % (name, check_type, ", ".join(CHECK_TYPES)))
@@ -518,6 +716,10 @@ def _validate_http(name, options):
     if not re.match(r"^[A-Z]+$", method):
         raise HealthSpecError("check %r: invalid method %r" % (name, options["method"]))
     options["method"] = method
+    _validate_headers(name, options)
+
+
+def _validate_headers(name, options):
     headers = {}
     for key, value in (options["headers"] or {}).items():
         value = "" if value is None else str(value)
@@ -525,6 +727,23 @@ def _validate_http(name, options):
             raise HealthSpecError("check %r: invalid header %r" % (name, key))
         headers[str(key)] = value
     options["headers"] = headers
+
+
+def _validate_prometheus(name, options):
+    problem = validate_url(options["url"])
+    if problem:
+        raise HealthSpecError("check %r: malformed url: %s" % (name, problem))
+    parts = urlsplit(options["url"])
+    if parts.query or parts.fragment:
+        raise HealthSpecError("check %r: url must be the Prometheus base URL, without ?query or #fragment" % name)
+    if not options["query"].strip():
+        raise HealthSpecError("check %r: query must not be empty" % name)
+    threshold = options["threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise HealthSpecError("check %r: threshold must be a finite number" % name)
+    if options["comparison"] not in COMPARISONS:
+        raise HealthSpecError("check %r: comparison must be one of %s" % (name, ", ".join(COMPARISONS)))
+    _validate_headers(name, options)
 
 
 def _validate_port(name, port):
@@ -561,7 +780,7 @@ def _validate_postgres(name, options):
 
 
 _VALIDATORS = dict(http=_validate_http, tcp=_validate_tcp, container=_validate_container,
-                   postgres=_validate_postgres)
+                   postgres=_validate_postgres, prometheus=_validate_prometheus)
 
 
 class PollSettings:
@@ -647,6 +866,10 @@ class PollOutcome:
         self.rounds = 0
         self.consecutive_successes = 0
         self.consecutive_failures = 0
+        self.consecutive_inconclusive = 0
+        # The kind of the latest round that was not all ok: "failed", "inconclusive" or None.
+        self.last_problem = None
+        self.verdict = None
         self.elapsed_s = 0.0
         self.first_ok_after_s = None
         self.history = collections.deque(maxlen=HISTORY_CAP)
@@ -663,6 +886,11 @@ def poll(round_runner, settings, clock=time.monotonic, sleep=time.sleep):
     `consecutive_failures` failed rounds came in a row, healthy if the window closes first.
     Between rounds the loop sleeps interval_s, cut short so that the last round starts at the
     deadline (the end of the window), never after it.
+    A round with a failed check is failed. A round without one but with an inconclusive check
+    is neither ok nor failed: it ends a success streak, leaves a failure streak as it is, and
+    when the latest round that was not all ok was inconclusive, an unhealthy end is given the
+    verdict "inconclusive" instead of "failed"; a watch whose last round was inconclusive ends
+    inconclusive, never healthy.
     """
     outcome = PollOutcome()
     started = clock()
@@ -671,17 +899,25 @@ def poll(round_runner, settings, clock=time.monotonic, sleep=time.sleep):
         outcome.results = round_runner()
         outcome.rounds += 1
         now = clock()
-        failing = [result.name for result in outcome.results if not result.ok]
-        outcome.history.append(failing)
-        if failing:
+        outcome.history.append([result.name for result in outcome.results if not result.ok])
+        failed = any(not result.ok and not result.inconclusive for result in outcome.results)
+        inconclusive = not failed and any(result.inconclusive for result in outcome.results)
+        if failed:
             outcome.consecutive_failures += 1
             outcome.consecutive_successes = 0
+            outcome.consecutive_inconclusive = 0
+            outcome.last_problem = "failed"
+        elif inconclusive:
+            outcome.consecutive_inconclusive += 1
+            outcome.consecutive_successes = 0
+            outcome.last_problem = "inconclusive"
         else:
             outcome.consecutive_successes += 1
             outcome.consecutive_failures = 0
+            outcome.consecutive_inconclusive = 0
             if outcome.first_ok_after_s is None:
                 outcome.first_ok_after_s = now - started
-        if settings.consecutive_failures and outcome.consecutive_failures >= settings.consecutive_failures:
+        if failed and settings.consecutive_failures and outcome.consecutive_failures >= settings.consecutive_failures:
             outcome.healthy, outcome.stop_reason = False, "failures"
             break
         if not settings.watching:
@@ -692,11 +928,17 @@ def poll(round_runner, settings, clock=time.monotonic, sleep=time.sleep):
                 outcome.healthy, outcome.stop_reason = False, "retries"
                 break
         if now >= end:
-            outcome.healthy = settings.watching
+            outcome.healthy = settings.watching and not inconclusive
             outcome.stop_reason = "window" if settings.watching else "deadline"
             break
         sleep(min(settings.interval_s, end - now))
     outcome.elapsed_s = clock() - started
+    if outcome.healthy:
+        outcome.verdict = "healthy"
+    elif outcome.stop_reason != "failures" and outcome.last_problem == "inconclusive":
+        outcome.verdict = "inconclusive"
+    else:
+        outcome.verdict = "failed"
     return outcome
 
 
@@ -729,11 +971,13 @@ def summary(outcome, settings):
         "failures": "%s in a row" % _plural(outcome.consecutive_failures, "failed round"),
         "retries": "retries exhausted",
         "deadline": "deadline %s reached" % _seconds(settings.deadline_s),
+        "window": "watch window %s ended on an inconclusive round" % _seconds(settings.watch_s or 0),
     }[outcome.stop_reason]
     if not failing:  # the last round was fine, just not enough of them in a row
         failures = "%d of %d required consecutive all-ok rounds" % (
             outcome.consecutive_successes, settings.consecutive_successes)
-    return "unhealthy: %s (%s, %s)" % (failures, where, reason)
+    word = "inconclusive" if outcome.verdict == "inconclusive" else "unhealthy"
+    return "%s: %s (%s, %s)" % (word, failures, where, reason)
 
 
 def result_dict(outcome, settings):
@@ -744,6 +988,9 @@ def result_dict(outcome, settings):
         rounds=outcome.rounds,
         consecutive_successes=outcome.consecutive_successes,
         consecutive_failures=outcome.consecutive_failures,
+        consecutive_inconclusive=outcome.consecutive_inconclusive,
+        verdict=outcome.verdict,
+        inconclusive=outcome.verdict == "inconclusive",
         elapsed_s=round(outcome.elapsed_s, 3),
         first_ok_after_s=None if outcome.first_ok_after_s is None else round(outcome.first_ok_after_s, 3),
         history=list(outcome.history),
@@ -760,6 +1007,9 @@ def validation_result(checks):
         rounds=0,
         consecutive_successes=0,
         consecutive_failures=0,
+        consecutive_inconclusive=0,
+        verdict=None,
+        inconclusive=None,
         elapsed_s=0.0,
         first_ok_after_s=None,
         history=[],

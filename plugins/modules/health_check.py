@@ -6,7 +6,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: health_check
-short_description: Poll HTTP, TCP, compose container and PostgreSQL health checks until healthy, or watch them
+short_description: Poll HTTP, TCP, container, PostgreSQL and Prometheus health checks until healthy, or watch them
 version_added: 0.1.0
 description:
   - Runs a set of checks in rounds. Every round runs all checks in parallel, so a round takes as
@@ -18,6 +18,12 @@ description:
     unhealthy as soon as O(consecutive_failures) rounds in a row had a failing check, healthy if the
     window closes without that. Use this to watch a deployment for a while after it became healthy.
   - Network errors never end the module with a traceback; they become the failing check's RV(checks[].error).
+  - B(Inconclusive) - a V(prometheus) check whose query proves nothing (no series, NaN, Prometheus
+    unreachable, the query refused) is neither ok nor failed. A round with such a check and no failed
+    one ends a success streak but does not count as a failed round. When the gate ends unhealthy and
+    the latest round that was not all ok was inconclusive (or a watch window closes on an inconclusive
+    round), RV(verdict) is V(inconclusive) and RV(healthy) is V(false); O(on_inconclusive) decides
+    whether the task fails. An inconclusive result is never reported healthy.
   - The module never changes anything. The check specifications are validated completely (URLs,
     regular expressions, required options, duplicate names) before the first probe; with
     O(validate_only=true) nothing is probed at all.
@@ -49,9 +55,16 @@ options:
             and, if the container has a Docker healthcheck, is C(healthy).
           - V(postgres) passes when a connection to the PostgreSQL server succeeds and C(SELECT 1)
             returns 1.
-          - When omitted, V(http) if O(checks[].url) is given, else V(tcp) if O(checks[].port) is given.
+          - V(prometheus) runs O(checks[].query) as an instant query against the Prometheus HTTP API
+            (C(/api/v1/query)) and passes when every returned series satisfies
+            C(value <comparison> threshold) (O(checks[].comparison), O(checks[].threshold)). One series
+            that does not fails the check; the worst series is reported. It is inconclusive when the
+            answer has no series, only NaN values, is not an instant vector or scalar, or when Prometheus
+            is unreachable, times out or refuses the query (the API's error text is reported).
+          - When omitted, V(prometheus) if O(checks[].query) is given, else V(http) if O(checks[].url)
+            is given, else V(tcp) if O(checks[].port) is given.
         type: str
-        choices: [http, tcp, container, postgres]
+        choices: [http, tcp, container, postgres, prometheus]
       timeout_s:
         description:
           - Time limit in seconds for one probe of this check (one request, connection or Docker query).
@@ -62,7 +75,10 @@ options:
         default: 2.0
       url:
         description:
-          - V(http) only, required. The C(http://) or C(https://) URL to request.
+          - V(http) and V(prometheus), required.
+          - V(http) - the C(http://) or C(https://) URL to request.
+          - V(prometheus) - the base URL of the Prometheus server, for example C(http://127.0.0.1:9090)
+            (C(/api/v1/query) is appended; a path prefix such as C(/prometheus) is kept).
           - A malformed URL fails the module before anything is probed.
           - Redirects are not followed; add the 3xx code to O(checks[].status) to accept one.
           - Proxy settings from the environment (C(http_proxy), C(https_proxy)) are ignored; a health
@@ -92,11 +108,12 @@ options:
         type: str
       validate_certs:
         description:
-          - V(http) only. Whether the server's TLS certificate is verified. Defaults to V(true).
+          - V(http) and V(prometheus). Whether the server's TLS certificate is verified. Defaults to V(true).
         type: bool
       headers:
         description:
-          - V(http) only. Extra request headers.
+          - V(http) and V(prometheus). Extra request headers (for example C(Authorization) for a
+            Prometheus behind a proxy).
         type: dict
       host:
         description:
@@ -146,6 +163,28 @@ options:
         description:
           - V(postgres) only. The database to connect to. Defaults to V(postgres).
         type: str
+      query:
+        description:
+          - V(prometheus) only, required. The PromQL expression, evaluated as an instant query at the
+            time of the probe. Its range selectors are the check's window, for example
+            C(rate(demo_http_requests_total[30s])).
+          - It must return an instant vector or a scalar. A series that does not exist yet gives no data, so
+            write C((sum(rate(errors_total[30s])) or vector(0))) for a counter that only appears with
+            the first error.
+          - Prometheus evaluates it with a timeout of O(checks[].timeout_s).
+        type: str
+      threshold:
+        description:
+          - V(prometheus) only, required. The number each series of the result is compared with.
+        type: float
+      comparison:
+        description:
+          - V(prometheus) only. The comparison C(value <comparison> threshold) that must hold for every
+            series for the check to pass. Defaults to V(<=) (the threshold is an upper bound).
+          - With V(<) and V(<=) the series with the largest value is the worst one, with V(>) and V(>=)
+            the one with the smallest value.
+        type: str
+        choices: ['<', '<=', '>', '>=', '==', '!=']
   retries:
     description:
       - Waiting only. How many rounds may follow the first one; V(0) runs exactly one round.
@@ -199,6 +238,16 @@ options:
         when the checks run. Run as a bare module, it also checks those on the host.
     type: bool
     default: false
+  on_inconclusive:
+    description:
+      - What an V(inconclusive) result (see the description) does to the task.
+      - V(fail) fails the task, whatever O(fail_on_unhealthy) says - nobody knows whether the release
+        is good, so a deploy must stop (abort) rather than promote it or roll it back.
+      - V(report) lets the task succeed with RV(healthy=false) and RV(verdict=inconclusive), so the
+        playbook decides (for example, pause and ask).
+    type: str
+    choices: [fail, report]
+    default: fail
 extends_documentation_fragment:
   - lastgood.rollback.attributes
   - lastgood.rollback.attributes.ACTIONGROUP
@@ -213,6 +262,11 @@ requirements:
   - For V(postgres) checks, C(psycopg2) (or C(psycopg2-binary)) on the managed host.
 notes:
   - All checks of a round run in parallel threads on the managed host.
+  - A V(prometheus) check only sees what Prometheus scraped. A service that stops answering makes its
+    rate series go stale (no data, inconclusive), so pair an error-rate query with an V(http) check or
+    with C(min(up{job="app"})) and O(checks[].comparison) V(==), O(checks[].threshold=1).
+  - A failure shows within the query's range window plus one scrape interval; O(consecutive_failures)
+    adds O(interval_s) per extra round.
 seealso:
   - module: ansible.builtin.uri
   - module: ansible.builtin.wait_for
@@ -258,6 +312,34 @@ EXAMPLES = r"""
     msg: "rolling back: {{ watch.msg }}"
   when: not watch.healthy
 
+- name: Watch the error rate and p95 latency in Prometheus for five minutes after a deploy
+  lastgood.rollback.health_check:
+    checks:
+      - name: error-rate
+        type: prometheus
+        url: http://127.0.0.1:9090
+        query: >-
+          (sum(rate(demo_http_requests_total{status=~"5.."}[30s])) or vector(0))
+          / sum(rate(demo_http_requests_total[30s]))
+        threshold: 0.05
+        comparison: '<'
+      - name: p95-latency
+        type: prometheus
+        url: http://127.0.0.1:9090
+        query: histogram_quantile(0.95, sum by (le) (rate(demo_http_request_duration_seconds_bucket[30s])))
+        threshold: 0.5
+    watch_s: 300
+    interval_s: 5
+    consecutive_failures: 2
+    fail_on_unhealthy: false
+    on_inconclusive: report
+  register: canary
+
+- name: Stop the deploy when Prometheus could not tell
+  ansible.builtin.fail:
+    msg: "deploy paused, no verdict: {{ canary.msg }}"
+  when: canary.verdict == 'inconclusive'
+
 - name: Preflight, before any change - the checks are well-formed, nothing is probed
   lastgood.rollback.health_check:
     checks: "{{ shop_health_checks }}"
@@ -268,10 +350,24 @@ RETURN = r"""
 healthy:
   description:
     - Whether the checks were found healthy by the rules of waiting or watching.
+    - V(false) for an inconclusive result too; RV(verdict) tells the two apart.
     - V(null) with O(validate_only=true).
   returned: always
   type: bool
   sample: true
+verdict:
+  description:
+    - V(healthy), V(failed) (a check failed; roll back) or V(inconclusive) (no check failed for certain,
+      but a V(prometheus) check had no answer that proves health; neither promote nor roll back).
+    - V(null) with O(validate_only=true).
+  returned: always
+  type: str
+  sample: failed
+inconclusive:
+  description: Whether RV(verdict) is V(inconclusive). V(null) with O(validate_only=true).
+  returned: always
+  type: bool
+  sample: false
 checks:
   description:
     - The result of each check in the LAST round, in the order of O(checks).
@@ -304,6 +400,33 @@ checks:
       description: The HTTP status code of the answer (V(http) checks); V(null) otherwise or without an answer.
       type: int
       sample: 500
+    inconclusive:
+      description: V(prometheus) checks only. Whether the probe proved nothing (no data, Prometheus unreachable, query refused).
+      type: bool
+      returned: for prometheus checks
+      sample: false
+    value:
+      description:
+        - V(prometheus) checks only. The value of the worst series; V(null) when there was none
+          (inconclusive) or it was infinite (see RV(checks[].reason)).
+      type: float
+      returned: for prometheus checks
+      sample: 0.213
+    labels:
+      description: V(prometheus) checks only. The labels of the worst series.
+      type: dict
+      returned: for prometheus checks
+      sample: {}
+    series:
+      description: V(prometheus) checks only. How many series the query returned.
+      type: int
+      returned: for prometheus checks
+      sample: 1
+    reason:
+      description: V(prometheus) checks only. One line saying why the check passed, failed or was inconclusive.
+      type: str
+      returned: for prometheus checks
+      sample: value = 0.213, not < 0.05
     containers:
       description: V(container) checks only. The containers looked at.
       type: list
@@ -325,7 +448,14 @@ consecutive_successes:
   type: int
   sample: 3
 consecutive_failures:
-  description: How many rounds in a row, up to the last one, had a failing check.
+  description:
+    - How many rounds in a row, up to the last one, had a failed check (inconclusive rounds in between
+      neither count nor break the streak).
+  returned: always
+  type: int
+  sample: 0
+consecutive_inconclusive:
+  description: How many rounds in a row, up to the last one, were inconclusive (no failed check, an inconclusive one).
   returned: always
   type: int
   sample: 0
@@ -341,7 +471,8 @@ first_ok_after_s:
   sample: 0.012
 history:
   description:
-    - For each round (the last 50 rounds at most, oldest first), the names of the checks that failed in it.
+    - For each round (the last 50 rounds at most, oldest first), the names of the checks that were not ok
+      in it (failed or inconclusive).
   returned: always
   type: list
   elements: list
@@ -407,7 +538,11 @@ def main():
 
     outcome = _health.poll(lambda: _health.run_round(checks), settings)
     result = _health.result_dict(outcome, settings)
-    if not outcome.healthy and module.params["fail_on_unhealthy"]:
+    if outcome.verdict == "inconclusive":
+        fail = module.params["on_inconclusive"] == "fail"
+    else:
+        fail = not outcome.healthy and module.params["fail_on_unhealthy"]
+    if fail:
         module.fail_json(changed=False, **result)
     module.exit_json(changed=False, **result)
 
