@@ -7,6 +7,7 @@
 #   lastgood-demo/app:v1, :v2         demo/app (v2 answers /health with 500); :latest -> v1 once
 #   lastgood-demo/postgres:15         demo/postgres
 #   lastgood-demo/static:1            demo/static (busybox httpd)
+#   lastgood-demo/nginx:1             demo/bluegreen/nginx (nginx-light in front of the blue-green demo)
 #
 # Idempotent: an image is skipped when it exists and carries the recipe hash it was built
 # from (label lastgood.recipe), so an edited demo/ directory or a rebuilt base image leads to
@@ -243,4 +244,5 @@ elif [ "$latest_moved" = 0 ]; then
 fi
 build_from_dir lastgood-demo/postgres:15 lastgood-bench/debian:bookworm "$repo/demo/postgres"
 build_from_dir lastgood-demo/static:1 lastgood-bench/busybox:1 "$repo/demo/static"
+build_from_dir lastgood-demo/nginx:1 lastgood-bench/debian:bookworm "$repo/demo/bluegreen/nginx"
 remove_replaced
