@@ -1,0 +1,107 @@
+# Copyright (c) lastgood.rollback contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""playbooks/deploy.yml against a real demo stack: a good release is promoted, a broken one
+(an image whose /health fails) and a slow one (answers above the latency limit) are rolled
+back automatically, and the run fails saying why."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+try:
+    from . import ansible_run, stacks
+except ImportError:
+    import ansible_run
+    import stacks
+
+WATCH = {"lastgood_watch_s": 8, "lastgood_watch_interval_s": 0.5, "lastgood_watch_failures": 3}
+
+
+@pytest.fixture(scope="module")
+def deployed(module_stack, docker_client, tmp_path_factory):
+    stack = module_stack()
+    work = tmp_path_factory.mktemp("deploy")
+    backup_root = work / "backups"
+    inventory = ansible_run.write_inventory(work, ansible_run.stack_host_vars(stack, backup_root, **WATCH))
+
+    class Deployed:
+        pass
+    found = Deployed()
+    found.stack, found.backup_root, found.inventory, found.root = stack, backup_root, inventory, backup_root / stack.project
+    found.v1_id = docker_client.images.get(stacks.APP_V1).id
+    found.v2_id = ansible_run.throwaway_image(docker_client, stacks.APP_V2, "lastgood-test/app", stack.project + "-v2",
+                                              stack.project)
+    found.v2_ref = "lastgood-test/app:%s-v2" % stack.project
+    try:
+        yield found
+    finally:
+        stack.destroy()
+        ansible_run.remove_snapshot_pins(docker_client, backup_root)
+        ansible_run.remove_image(docker_client, found.v2_id)
+
+
+def deploy(found, env, **extra):
+    return ansible_run.run_playbook("deploy", found.inventory, extra_vars=dict({"lastgood_deploy_env": env}, **extra))
+
+
+def env_value(found, key):
+    for line in (found.stack.dir / ".env").read_text().splitlines():
+        if line.startswith(key + "="):
+            return line.split("=", 1)[1]
+    return None
+
+
+def last_known_good(found):
+    return (found.root / "last-known-good").resolve().name
+
+
+def test_a_healthy_release_is_promoted_to_last_known_good(deployed):
+    app_before = deployed.stack.container_id("app")
+    static_before = deployed.stack.container_id("static")
+    run = deploy(deployed, {"APP_EXTRA_LATENCY_MS": "1", "RELEASE_SECRET": "s3cr3t-7f3a9"})
+    assert run.rc == 0, run.describe()
+    outcome = run.outcome()
+    assert outcome["result"] == "success" and outcome["verdict"] == "healthy"
+    assert outcome["promoted"] and last_known_good(deployed) == outcome["promoted"]
+    assert env_value(deployed, "APP_EXTRA_LATENCY_MS") == "1"
+    assert deployed.stack.container_id("app") != app_before, "the changed service was not recreated"
+    assert deployed.stack.container_id("static") == static_before, "an unchanged service was recreated"
+    assert env_value(deployed, "RELEASE_SECRET") == "s3cr3t-7f3a9"
+    assert "s3cr3t-7f3a9" not in run.stdout + run.stderr, "a .env value was shown"
+    deployed.good_snapshot = outcome["promoted"]
+
+
+def test_a_broken_release_is_rolled_back_and_the_run_fails_saying_why(deployed):
+    run = deploy(deployed, {"APP_IMAGE": deployed.v2_ref}, lastgood_reason="release 2")
+    assert run.rc != 0
+    outcome = run.outcome()
+    assert outcome["result"] == "rolled_back" and outcome["verdict"] == "failed"
+    assert "failed its watch" in outcome["why"]
+    assert "rolled back" in run.failure_msg() and "failed its watch" in run.failure_msg()
+    assert deployed.stack.image_id("app") == deployed.v1_id
+    assert env_value(deployed, "APP_IMAGE") == deployed.stack.app_image
+    assert deployed.stack.get_json("app", "/health")[0] == 200
+    lkg = ansible_run.read_manifest(deployed.backup_root, deployed.stack.project, last_known_good(deployed))
+    assert lkg["services"]["app"]["image_id"] == deployed.v1_id, "the broken release became last known good"
+    audit = [json.loads(x) for x in (deployed.root / "audit.jsonl").read_text().splitlines()]
+    assert [line["kind"] for line in audit[-2:]] == ["deploy", "rollback"]
+    assert audit[-2]["result"] == "failed" and audit[-1]["result"] == "success"
+    assert not (deployed.root / "rollback.lock").exists()
+
+
+def test_a_release_slower_than_the_latency_limit_is_rolled_back(deployed):
+    checks = ansible_run.stack_health_checks(deployed.stack) + [
+        {"name": "api", "url": deployed.stack.url("app", "/api"), "status": [200], "timeout_s": 2}]
+    run = deploy(deployed, {"APP_EXTRA_LATENCY_MS": "600"}, lastgood_watch_max_latency_ms=300, lastgood_health_checks=checks)
+    assert run.rc != 0
+    outcome = run.outcome()
+    assert outcome["result"] == "rolled_back" and "latency" in outcome["why"]
+    assert env_value(deployed, "APP_EXTRA_LATENCY_MS") == "1"
+
+
+def test_a_deploy_that_says_nothing_to_deploy_is_refused(deployed):
+    run = ansible_run.run_playbook("deploy", deployed.inventory)
+    assert run.rc != 0 and "the new version" in run.failure_msg()
+    assert not (deployed.root / "rollback.lock").exists()
