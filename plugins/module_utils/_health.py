@@ -119,7 +119,7 @@ TYPE_OPTIONS = {
     "tcp": dict(host="127.0.0.1", port=_REQUIRED),
     "container": dict(project_dir=None, files=None, project_name=None, services=None),
     "postgres": dict(host="127.0.0.1", port=5432, user="postgres", password=None,
-                     database="postgres"),
+                     database="postgres", query=None),
     "prometheus": dict(url=_REQUIRED, query=_REQUIRED, threshold=_REQUIRED, comparison="<=",
                        validate_certs=True, headers=None),
 }
@@ -417,6 +417,8 @@ class PostgresCheck(Check):
         self.user = options["user"]
         self.password = options["password"]
         self.database = options["database"]
+        # A data check: the first column of the query's first row must be true (or non-zero).
+        self.query = options.get("query")
 
     def probe(self):
         # libpq counts connect_timeout in whole seconds, at least 2; the round's watchdog
@@ -434,7 +436,7 @@ class PostgresCheck(Check):
             connection = psycopg2.connect(**params)
             try:
                 with connection.cursor() as cursor:
-                    cursor.execute("SELECT 1")
+                    cursor.execute(self.query or "SELECT 1")
                     row = cursor.fetchone()
             finally:
                 connection.close()
@@ -442,6 +444,11 @@ class PostgresCheck(Check):
             return CheckResult(self, ok=False, latency_ms=(time.monotonic() - started) * 1000.0,
                                error=describe_postgres_error(exc, self.timeout_s))
         latency_ms = (time.monotonic() - started) * 1000.0
+        if self.query:
+            if not row or not row[0]:
+                return CheckResult(self, ok=False, latency_ms=latency_ms,
+                                   error="query returned %s" % ("no row" if not row else repr(row[0])))
+            return CheckResult(self, ok=True, latency_ms=latency_ms)
         if not row or row[0] != 1:
             return CheckResult(self, ok=False, latency_ms=latency_ms,
                                error="SELECT 1 returned %r" % (row,))

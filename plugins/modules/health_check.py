@@ -165,7 +165,10 @@ options:
         type: str
       query:
         description:
-          - V(prometheus) only, required. The PromQL expression, evaluated as an instant query at the
+          - V(postgres), optional. A data check run instead of C(SELECT 1), for example
+            C(SELECT count(*) > 0 FROM orders); the check passes when the first column of the first row is true
+            (or non-zero). It runs with the check's timeout as C(statement_timeout).
+          - V(prometheus), required. The PromQL expression, evaluated as an instant query at the
             time of the probe. Its range selectors are the check's window, for example
             C(rate(demo_http_requests_total[30s])).
           - It must return an instant vector or a scalar. A series that does not exist yet gives no data, so

@@ -203,6 +203,10 @@ report_path:
   description: Where the report was written.
   returned: when O(state=finish) and not in check mode
   type: str
+metrics_path:
+  description: The textfile the run's metrics were written to (null when they could not be).
+  returned: when O(metrics_dir) is set and O(state=finish) and not in check mode
+  type: str
 marked_bad:
   description: Snapshots marked bad because they record the state rolled back away from.
   returned: when O(state=finish)
@@ -212,9 +216,11 @@ marked_bad:
 
 import os
 import socket
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.lastgood.rollback.plugins.module_utils import _metrics
 from ansible_collections.lastgood.rollback.plugins.module_utils import _orchestrate as orch
 from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import (
     BACKUP_ROOT_ARGUMENT_SPEC,
@@ -252,7 +258,8 @@ def begin(module, root, holder, hostname):
         if not module.check_mode:
             orch.save_journal(root, journal)
     return dict(changed=changed and not module.check_mode, lock=lock_state,
-                took_over=previous if lock_state == "taken_over" else None, resumed=resumed, run_id=journal["run_id"], journal=journal, done=orch.done_steps(journal))
+                took_over=previous if lock_state == "taken_over" else None, resumed=resumed,
+                run_id=journal["run_id"], journal=journal, done=orch.done_steps(journal))
 
 
 def close_interrupted(module, root, journal, hostname):
@@ -306,7 +313,7 @@ def finish(module, root, holder, hostname):
     orch.append_line(audit_path(module, root), record)
     result["report_path"] = os.path.join(orch.archive_run(root, journal, report), "report.md")
     if params["metrics_dir"]:
-        write_metrics(module, record, summary)
+        result["metrics_path"] = write_metrics(module, record, summary)
     if params["release"]:
         orch.release_lock(root, holder)
         result["lock"] = "released"
@@ -316,14 +323,17 @@ def finish(module, root, holder, hostname):
 
 
 def write_metrics(module, record, summary):
+    """The run's metrics for node_exporter's textfile collector; a failure to write them is a warning."""
+    if record["kind"] not in ("rollback", "deploy"):
+        return None
+    tiers = record.get("tiers") or []
     try:
-        from ansible_collections.lastgood.rollback.plugins.module_utils import _metrics
-    except ImportError:  # the textfile writer ships with the metrics feature
-        module.warn("metrics_dir is set, but this version cannot write metrics")
-        return
-    _metrics.record_run(module.params["metrics_dir"], module.params["project_name"], record["kind"],
-                        ",".join(record.get("tiers") or []) or "none", record["result"], record["duration_s"],
-                        summary.get("snapshot_age_s"), record["finished_at"])
+        return _metrics.record_run(module.params["metrics_dir"], module.params["project_name"], record["kind"],
+                                   tiers[-1] if tiers else "none", record["result"], record["duration_s"],
+                                   summary.get("snapshot_age_s"), time.time())["path"]
+    except (_metrics.MetricsError, OSError) as exc:
+        module.warn("metrics not written: %s" % exc)
+        return None
 
 
 def status(root):

@@ -171,7 +171,6 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._snapshot_data i
 from ansible_collections.lastgood.rollback.plugins.module_utils._state import compare_with_manifest
 
 
-
 def main():
     module = AnsibleModule(
         argument_spec=dict(

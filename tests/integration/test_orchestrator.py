@@ -96,7 +96,9 @@ def test_auto_rolls_an_image_breakage_back_with_the_image_tier_and_records_it(or
     assert orch.containers() == before, "check mode changed containers"
     assert not (orch.root / "rollback.lock").exists() and not (orch.root / "journal.json").exists()
 
-    run = orch.run(extra_vars={"lastgood_reason": "v2 fails /health"})
+    metrics = orch.work / "textfile"
+    metrics.mkdir()
+    run = orch.run(extra_vars={"lastgood_reason": "v2 fails /health", "lastgood_metrics_dir": str(metrics)})
     assert run.rc == 0, run.describe()
     outcome = run.outcome()
     assert outcome["result"] == "success" and outcome["healthy"] is True
@@ -118,6 +120,8 @@ def test_auto_rolls_an_image_breakage_back_with_the_image_tier_and_records_it(or
     assert "SUCCESS" in report and "images" in report and "v2 fails /health" in report
     assert (orch.root / "runs" / line["run_id"] / "journal.json").exists()
     assert not (orch.root / "journal.json").exists() and not (orch.root / "rollback.lock").exists()
+    prom = (metrics / ("lastgood_%s.prom" % orch.stack.project)).read_text()
+    assert 'lastgood_rollbacks_total{project="%s",result="success",tier="images"} 1' % orch.stack.project in prom, prom
     bad = [json.loads(x) for x in (orch.root / "bad-states.jsonl").read_text().splitlines()]
     assert bad[-1]["images"]["app"] == orch.v2_id
 
