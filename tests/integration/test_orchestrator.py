@@ -10,11 +10,13 @@ in the middle and run again, the full tier without confirmation.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -30,6 +32,33 @@ def process_start(pid):
     with open("/proc/%d/stat" % pid, encoding="ascii") as handle:
         stat = handle.read()
     return int(stat[stat.rfind(")") + 2:].split()[19])
+
+
+class Receiver:
+    """A local webhook receiver on 127.0.0.1: keeps every POST (path, headers, JSON body)."""
+
+    def __init__(self):
+        received = self.received = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (name required by BaseHTTPRequestHandler)
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.append((self.path, dict(self.headers), json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", stacks.free_port()), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path):
+        return "http://127.0.0.1:%d%s" % (self.server.server_address[1], path)
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class Orchestrated:
@@ -76,8 +105,15 @@ def orch(module_stack, docker_client, tmp_path_factory):
         found.v1_id = docker_client.images.get(stacks.APP_V1).id
         found.v2_id = ansible_run.throwaway_image(docker_client, stacks.APP_V2, "lastgood-test/app",
                                                   stack.project + "-v2", stack.project)
+        found.receiver = Receiver()
+        found.webhooks = [
+            {"url": found.receiver.url("/generic"), "headers": {"Authorization": "Bearer hook-token-9d2"}},
+            {"url": found.receiver.url("/slack"), "format": "slack", "min_level": "warning"},
+        ]
         yield found
     finally:
+        if getattr(found, "receiver", None):
+            found.receiver.close()
         stack.destroy()
         ansible_run.remove_snapshot_pins(docker_client, found.backup_root)
         if found.v2_id:
@@ -86,6 +122,10 @@ def orch(module_stack, docker_client, tmp_path_factory):
 
 def test_auto_rolls_an_image_breakage_back_with_the_image_tier_and_records_it(orch):
     orch.break_app()
+    # Someone snapshotted the broken release: once rolled back away from, it is marked bad.
+    broken = ansible_run.run_playbook("snapshot", orch.inventory, extra_vars={"snapshot_gate_deadline_s": 2})
+    assert "NOT marked last known good" in broken.failure_msg(), broken.describe()
+    broken_id = broken.outcome()["snapshot_id"]
     before = orch.containers()
 
     plan = orch.run(check=True)
@@ -98,7 +138,8 @@ def test_auto_rolls_an_image_breakage_back_with_the_image_tier_and_records_it(or
 
     metrics = orch.work / "textfile"
     metrics.mkdir()
-    run = orch.run(extra_vars={"lastgood_reason": "v2 fails /health", "lastgood_metrics_dir": str(metrics)})
+    run = orch.run(extra_vars={"lastgood_reason": "v2 fails /health", "lastgood_metrics_dir": str(metrics),
+                               "lastgood_notify_webhooks": orch.webhooks})
     assert run.rc == 0, run.describe()
     outcome = run.outcome()
     assert outcome["result"] == "success" and outcome["healthy"] is True
@@ -124,6 +165,16 @@ def test_auto_rolls_an_image_breakage_back_with_the_image_tier_and_records_it(or
     assert 'lastgood_rollbacks_total{project="%s",result="success",tier="images"} 1' % orch.stack.project in prom, prom
     bad = [json.loads(x) for x in (orch.root / "bad-states.jsonl").read_text().splitlines()]
     assert bad[-1]["images"]["app"] == orch.v2_id
+    assert (orch.root / broken_id / "BAD").exists(), "the snapshot of the broken release was not marked bad"
+    assert not (orch.root / orch.snapshot_id / "BAD").exists()
+
+    # Success is level info: the generic hook (min info) hears it, the Slack one (min warning) does not.
+    assert [path for path, _h, _b in orch.receiver.received] == ["/generic"]
+    path, headers, body = orch.receiver.received[0]
+    assert body["event"] == "rollback_success" and body["level"] == "info"
+    assert body["fields"]["tiers"] == "images" and orch.stack.project in body["title"]
+    assert headers["Authorization"] == "Bearer hook-token-9d2"
+    assert "hook-token-9d2" not in run.stdout + run.stderr, "a webhook secret was shown"
 
 
 def test_a_second_run_finds_nothing_to_do_and_changes_nothing(orch):
@@ -143,7 +194,8 @@ def test_a_live_lock_refuses_a_second_rollback_at_once_naming_the_holder(orch):
         orch.break_app()
         before = orch.containers()
         started = time.monotonic()
-        run = orch.run()
+        orch.receiver.received.clear()
+        run = orch.run(extra_vars={"lastgood_notify_webhooks": orch.webhooks})
         elapsed = time.monotonic() - started
         assert run.rc != 0
         msg = run.failure_msg()
@@ -154,6 +206,10 @@ def test_a_live_lock_refuses_a_second_rollback_at_once_naming_the_holder(orch):
         assert json.loads((orch.root / "rollback.lock").read_text())["pid"] == holder.pid, "the holder's lock was touched"
         assert elapsed < 30
         assert run.outcome()["result"] == "refused"
+        # A refusal is level warning: both hooks hear it, Slack in its own format.
+        assert sorted(path for path, _h, _b in orch.receiver.received) == ["/generic", "/slack"]
+        slack = [b for p, _h, b in orch.receiver.received if p == "/slack"][0]
+        assert "REFUSED" in slack["text"] and slack["blocks"][0]["type"] == "section"
     finally:
         holder.kill()
         holder.wait()
