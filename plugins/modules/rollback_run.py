@@ -10,6 +10,10 @@ module: rollback_run
 short_description: Lock, journal and audit log of a rollback or deploy run on the target host
 version_added: 0.2.0
 description:
+  - O(state=begin) with O(project_dir) first assesses - verifies the target snapshot (O(snapshot_id), by default the
+    last known good; manifest and file checksums, bad marker) and compares it with what runs (configuration files,
+    images, git commit), returned as RV(target) - so that one module run does what a rollback needs before it
+    changes anything.
   - O(state=begin) takes the project's lock (C(<backup_root>/<project>/rollback.lock)). A lock held by a live
     run refuses this one at once, naming the holder's host, pid, user, start time and reason. A lock whose
     holder is dead (same machine, process gone) or whose lease ran out (another machine) is taken over.
@@ -27,6 +31,7 @@ author:
   - lastgood.rollback developers (@lastgood)
 extends_documentation_fragment:
   - lastgood.rollback.snapshots
+  - lastgood.rollback.project.LOOKUP
   - lastgood.rollback.attributes
   - lastgood.rollback.attributes.ACTIONGROUP
 attributes:
@@ -42,10 +47,18 @@ options:
     type: str
     choices: [begin, step, finish, status]
     required: true
-  project_name:
-    description: Compose project name; the lock and journal live in its snapshot directory.
+  snapshot_id:
+    description: With O(state=begin) and O(project_dir), the target snapshot. Defaults to the last known good one.
     type: str
-    required: true
+  first_step:
+    description: With O(state=begin), a step recorded as C(started) in a new journal (saves a module run).
+    type: str
+  steps:
+    description:
+      - With O(state=step) or O(state=finish), several records (C(step), C(status), C(data)) written at once; with
+        O(state=finish) they are written before the run is closed.
+    type: list
+    elements: dict
   kind:
     description: What kind of run this is, for the audit log and the metrics.
     type: str
@@ -167,6 +180,14 @@ run_id:
   returned: success
   type: str
   sample: 20261130T120102Z
+target:
+  description:
+    - With O(state=begin) and O(project_dir), the verified target snapshot - C(snapshot_id), C(snapshot_dir),
+      C(project_name), C(created_at), C(git) (the recorded commit) - and C(differences) from what runs now
+      (C(files), C(images), C(services_added), C(git), C(any), C(summary), C(live)), as
+      M(lastgood.rollback.snapshot_info) returns them.
+  returned: when O(state=begin) and O(project_dir) is given
+  type: dict
 lock:
   description: C(taken), C(reentered) (this run already held it), C(taken_over) (the holder was dead) or C(released).
   returned: success
@@ -221,17 +242,42 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.lastgood.rollback.plugins.module_utils import _metrics
+from ansible_collections.lastgood.rollback.plugins.module_utils._compose import (
+    PROJECT_LOOKUP_ARGUMENT_SPEC,
+    PROJECT_LOOKUP_REQUIRED_ONE_OF,
+    load_project,
+    resolve_project_name,
+)
+from ansible_collections.lastgood.rollback.plugins.module_utils._docker import docker_client
 from ansible_collections.lastgood.rollback.plugins.module_utils import _orchestrate as orch
 from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import (
     BACKUP_ROOT_ARGUMENT_SPEC,
     ManifestError,
+    load_verified_snapshot,
     project_root,
     utc_now,
 )
+from ansible_collections.lastgood.rollback.plugins.module_utils._state import compare_with_manifest
 
 
-def begin(module, root, holder, hostname):
+def assess(module):
+    """The verified target snapshot and what differs from it now (fails the module with one line)."""
     params = module.params
+    project = load_project(module, params)
+    try:
+        snapshot_id, directory, manifest = load_verified_snapshot(
+            params["backup_root"], params["project_name"] or project.name, params["snapshot_id"])
+    except ManifestError as exc:
+        module.fail_json(msg=str(exc))
+    differences = compare_with_manifest(module, project, docker_client(module), manifest)
+    return dict(snapshot_id=snapshot_id, snapshot_dir=directory, project_name=params["project_name"] or project.name,
+                created_at=manifest.get("created_at"), git=manifest.get("git"), differences=differences)
+
+
+def begin(module, root, holder, hostname, target=None):
+    params = module.params
+    if target and params["differences"] is None:
+        params["differences"] = target["differences"]
     lock_state, previous = orch.acquire_lock(root, holder, params["lock_ttl_s"], hostname,
                                              break_lock=params["break_lock"], check_mode=module.check_mode)
     journal = orch.load_journal(root)
@@ -248,7 +294,13 @@ def begin(module, root, holder, hostname):
         if params["tier"]:
             plan.update(tier=params["tier"], escalate=params["escalate"],
                         attempts=orch.plan_attempts(params["tier"], params["differences"], params["escalate"]))
+        if target:
+            plan.setdefault("snapshot_id", target["snapshot_id"])
+            plan.setdefault("from", target["differences"]["live"])
+            plan.setdefault("differences", target["differences"]["summary"])
         journal = orch.new_journal(params["kind"], params["reason"], params["user"] or holder.get("user"), plan, holder)
+        if params["first_step"]:
+            orch.record_step(journal, params["first_step"], "started")
         if not module.check_mode:
             orch.save_journal(root, journal)
     elif lock_state != "reentered":
@@ -257,7 +309,8 @@ def begin(module, root, holder, hostname):
         journal.setdefault("resumed", []).append(last)
         if not module.check_mode:
             orch.save_journal(root, journal)
-    return dict(changed=changed and not module.check_mode, lock=lock_state,
+    extra = dict(target=target) if target else {}
+    return dict(extra, changed=changed and not module.check_mode, lock=lock_state,
                 took_over=previous if lock_state == "taken_over" else None, resumed=resumed,
                 run_id=journal["run_id"], journal=journal, done=orch.done_steps(journal))
 
@@ -275,18 +328,27 @@ def audit_path(module, root):
 
 def step(module, root, holder):
     params = module.params
-    if not params["step"]:
-        raise orch.OrchestrateError("state=step needs step")
+    if not params["step"] and not params["steps"]:
+        raise orch.OrchestrateError("state=step needs step or steps")
     if module.check_mode:
         return dict(changed=False, journal=orch.load_journal(root) or {}, done={})
     orch.check_lock(root, holder)
     journal = orch.load_journal(root)
     if journal is None:
         raise orch.OrchestrateError("no run in progress for this project: begin one first")
-    orch.record_step(journal, params["step"], params["status"], params["data"])
+    record_steps(journal, params)
     orch.save_journal(root, journal)
     orch.renew_lock(root, holder, params["lock_ttl_s"])
     return dict(changed=True, lock="held", run_id=journal["run_id"], journal=journal, done=orch.done_steps(journal))
+
+
+def record_steps(journal, params):
+    if params["step"]:
+        orch.record_step(journal, params["step"], params["status"], params["data"])
+    for record in params["steps"] or []:
+        if not record.get("step") or record.get("status", "done") not in ("started", "done", "failed", "skipped"):
+            raise orch.OrchestrateError("each of steps needs a step name and a status of started, done, failed or skipped")
+        orch.record_step(journal, record["step"], record.get("status", "done"), record.get("data"))
 
 
 def finish(module, root, holder, hostname):
@@ -300,6 +362,9 @@ def finish(module, root, holder, hostname):
             journal = orch.new_journal(params["kind"], params["reason"], params["user"], params["plan"], holder)
         else:
             raise orch.OrchestrateError("no run in progress for this project: nothing to finish")
+    if params["steps"] and not module.check_mode:
+        orch.check_lock(root, holder)
+        record_steps(journal, dict(params, step=None))
     record = orch.audit_record(journal, params["result"], summary, hostname, utc_now())
     report = orch.render_report(params["project_name"], record, journal)
     result = dict(changed=not module.check_mode, run_id=journal["run_id"], audit=record, report=report,
@@ -347,8 +412,11 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             **BACKUP_ROOT_ARGUMENT_SPEC,
+            **PROJECT_LOOKUP_ARGUMENT_SPEC,
             state=dict(type="str", required=True, choices=["begin", "step", "finish", "status"]),
-            project_name=dict(type="str", required=True),
+            snapshot_id=dict(type="str"),
+            first_step=dict(type="str"),
+            steps=dict(type="list", elements="dict"),
             kind=dict(type="str", default="rollback", choices=["rollback", "deploy", "emergency"]),
             holder=dict(type="dict"),
             reason=dict(type="str", default=""),
@@ -369,9 +437,15 @@ def main():
             metrics_dir=dict(type="path"),
             release=dict(type="bool", default=True),
         ),
+        required_one_of=PROJECT_LOOKUP_REQUIRED_ONE_OF,
         supports_check_mode=True,
     )
     params = module.params
+    target = assess(module) if (params["state"] == "begin" and params["project_dir"]) else None
+    if target:
+        params["project_name"] = target["project_name"]
+    elif not params["project_name"]:
+        params["project_name"] = resolve_project_name(module, params)
     hostname = socket.gethostname()
     holder = params["holder"] or {"host": hostname, "pid": os.getppid(), "user": None}
     if params["lock_ttl_s"] <= 0:
@@ -379,7 +453,7 @@ def main():
     try:
         root = project_root(params["backup_root"], params["project_name"])
         if params["state"] == "begin":
-            result = begin(module, root, holder, hostname)
+            result = begin(module, root, holder, hostname, target)
         elif params["state"] == "step":
             result = step(module, root, holder)
         elif params["state"] == "finish":

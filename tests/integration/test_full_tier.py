@@ -103,7 +103,8 @@ def test_escalation_to_the_full_tier_resumes_after_a_kill_and_restores_the_data(
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     interrupted = json.loads(journal.read_text())
-    assert [s["step"] for s in interrupted["steps"]][:3] == ["attempt-1", "attempt-1:images", "attempt-1"]
+    assert [(s["step"], s["status"]) for s in interrupted["steps"]][:3] == [
+        ("attempt-1", "started"), ("attempt-1", "done"), ("attempt-2", "started")]
     assert len(safety_snapshots(full)) == 1
 
     run = ansible_run.run_playbook("rollback", full.inventory, extra_vars={"lastgood_confirm": True}, timeout=600)
