@@ -13,7 +13,7 @@ description:
   - Posts one message to each webhook whose minimum level the message reaches. A generic webhook gets a JSON
     document with C(event), C(level), C(title), C(text), C(fields) and C(at); a Slack-compatible webhook (Slack,
     Mattermost, Rocket.Chat incoming webhooks) gets C(text) and C(blocks).
-  - A failed delivery is a warning, not a failure, unless O(fail_on_error=true): telling people must never stop
+  - A failed delivery is a warning, not a failure, unless O(fail_on_error=true); telling people must never stop
     a recovery.
   - Webhook URLs and headers are treated as secrets and never returned.
 author:
@@ -36,7 +36,7 @@ options:
     required: true
     suboptions:
       url:
-        description: The webhook URL (a secret: it often holds the token).
+        description: The webhook URL (a secret, as it often holds the token).
         type: str
         required: true
       format:
