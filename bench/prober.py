@@ -83,6 +83,13 @@ class Prober:
                 return started - moment
         return None
 
+    def first_failure_after(self, moment):
+        """Monotonic time of the first failed probe at or after `moment`, or None."""
+        for started, ok in self.samples:
+            if started >= moment and not ok:
+                return started
+        return None
+
     def counts(self):
         failed = sum(1 for _t, ok in self.samples if not ok)
         return len(self.samples), failed

@@ -879,6 +879,8 @@ class PollOutcome:
         self.verdict = None
         self.elapsed_s = 0.0
         self.first_ok_after_s = None
+        # Unix time the round that began the current failure streak started (None: no streak).
+        self.failing_since = None
         self.history = collections.deque(maxlen=HISTORY_CAP)
         self.stop_reason = None
 
@@ -903,6 +905,7 @@ def poll(round_runner, settings, clock=time.monotonic, sleep=time.sleep):
     started = clock()
     end = started + (settings.watch_s if settings.watching else settings.deadline_s)
     while True:
+        round_started_at = time.time()
         outcome.results = round_runner()
         outcome.rounds += 1
         now = clock()
@@ -910,6 +913,8 @@ def poll(round_runner, settings, clock=time.monotonic, sleep=time.sleep):
         failed = any(not result.ok and not result.inconclusive for result in outcome.results)
         inconclusive = not failed and any(result.inconclusive for result in outcome.results)
         if failed:
+            if outcome.consecutive_failures == 0:
+                outcome.failing_since = round_started_at
             outcome.consecutive_failures += 1
             outcome.consecutive_successes = 0
             outcome.consecutive_inconclusive = 0
@@ -921,6 +926,7 @@ def poll(round_runner, settings, clock=time.monotonic, sleep=time.sleep):
         else:
             outcome.consecutive_successes += 1
             outcome.consecutive_failures = 0
+            outcome.failing_since = None
             outcome.consecutive_inconclusive = 0
             if outcome.first_ok_after_s is None:
                 outcome.first_ok_after_s = now - started
@@ -1000,6 +1006,7 @@ def result_dict(outcome, settings):
         inconclusive=outcome.verdict == "inconclusive",
         elapsed_s=round(outcome.elapsed_s, 3),
         first_ok_after_s=None if outcome.first_ok_after_s is None else round(outcome.first_ok_after_s, 3),
+        failing_since=outcome.failing_since,
         history=list(outcome.history),
         msg=summary(outcome, settings),
     )

@@ -5,7 +5,8 @@
 Layout under the backup root, next to the snapshots::
 
     <backup_root>/<project>/rollback.lock          who runs a rollback now (JSON)
-    <backup_root>/<project>/journal.json           steps of the run in progress (JSON)
+    <backup_root>/<project>/journal.json           steps of the rollback in progress (JSON)
+    <backup_root>/<project>/journal-<kind>.json    steps of a deploy or emergency run in progress
     <backup_root>/<project>/runs/<run_id>/         journal.json and report.md of each finished run
     <backup_root>/<project>/audit.jsonl            one JSON line per finished run
     <backup_root>/<project>/bad-states.jsonl       states rolled back away from (never a target again)
@@ -220,13 +221,15 @@ def release_lock(root, holder):
 
 # --- the journal --------------------------------------------------------------------------
 
-def new_journal(kind, reason, user, plan, holder):
-    moment = utc_now()
+def new_journal(kind, reason, user, plan, holder, started_epoch=None):
+    """A new run's journal; `started_epoch` backdates it to when the run really began (its first task)."""
+    started_epoch = time.time() if started_epoch is None else float(started_epoch)
+    moment = _utc_from_epoch(started_epoch)
     return {
         "run_id": compact_timestamp(moment),
         "kind": kind,
         "started_at": isoformat(moment),
-        "started_epoch": time.time(),
+        "started_epoch": started_epoch,
         "reason": reason,
         "user": user,
         "controller": holder.get("host"),
@@ -236,16 +239,25 @@ def new_journal(kind, reason, user, plan, holder):
     }
 
 
-def load_journal(root):
-    journal = read_json(os.path.join(root, JOURNAL))
+KINDS = ("rollback", "deploy", "emergency")
+
+
+def journal_path(root, kind="rollback"):
+    """Each kind of run has its own journal: a deploy that rolls back holds both at once."""
+    return os.path.join(root, JOURNAL if kind == "rollback" else "journal-%s.json" % kind)
+
+
+def load_journal(root, kind="rollback"):
+    path = journal_path(root, kind)
+    journal = read_json(path)
     if journal == {}:
-        raise OrchestrateError("the journal %s of an interrupted run is unreadable; move it away after looking at it"
-                               % os.path.join(root, JOURNAL))
+        raise OrchestrateError("the journal %s of an interrupted run is unreadable; move it away after looking at it" % path)
     return journal
 
 
 def save_journal(root, journal):
-    _write_atomic(os.path.join(root, JOURNAL), json.dumps(journal, indent=2, sort_keys=True) + "\n", mode=0o640)
+    _write_atomic(journal_path(root, journal.get("kind", "rollback")), json.dumps(journal, indent=2, sort_keys=True) + "\n",
+                  mode=0o640)
 
 
 def step_states(journal):
@@ -303,6 +315,7 @@ def audit_record(journal, result, summary, hostname, finished):
         "healthy": summary.get("healthy"),
         "step_durations_s": durations,
         "message": summary.get("message"),
+        "details": summary.get("details") or {},
     }
 
 
@@ -366,12 +379,13 @@ def _short(value):
 
 def archive_run(root, journal, report):
     """Move the journal of a finished run into runs/<run_id>/ with its report."""
-    directory = os.path.join(root, RUNS, journal["run_id"])
+    kind = journal.get("kind", "rollback")
+    directory = os.path.join(root, RUNS, journal["run_id"] if kind == "rollback" else "%s-%s" % (journal["run_id"], kind))
     os.makedirs(directory, mode=0o750, exist_ok=True)
     _write_atomic(os.path.join(directory, JOURNAL), json.dumps(journal, indent=2, sort_keys=True) + "\n")
     _write_atomic(os.path.join(directory, "report.md"), report)
     try:
-        os.unlink(os.path.join(root, JOURNAL))
+        os.unlink(journal_path(root, journal.get("kind", "rollback")))
     except FileNotFoundError:
         pass
     return directory

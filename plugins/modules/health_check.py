@@ -472,6 +472,12 @@ first_ok_after_s:
   returned: always
   type: float
   sample: 0.012
+failing_since:
+  description:
+    - Unix time at which the round that began the current run of failed rounds started; null when the last round
+      passed or none failed. A deploy's watch uses it to show how fast a failure turned into a rollback.
+  returned: always
+  type: float
 history:
   description:
     - For each round (the last 50 rounds at most, oldest first), the names of the checks that were not ok

@@ -50,6 +50,9 @@ options:
   snapshot_id:
     description: With O(state=begin) and O(project_dir), the target snapshot. Defaults to the last known good one.
     type: str
+  started_epoch:
+    description: With O(state=begin), when the run really began (Unix time of its first task); defaults to now.
+    type: float
   first_step:
     description: With O(state=begin), a step recorded as C(started) in a new journal (saves a module run).
     type: str
@@ -106,7 +109,7 @@ options:
     type: bool
     default: true
   step:
-    description: With O(state=step), the step's name.
+    description: With O(state=step), the step's name. Every O(state=step) and O(state=finish) acts on the journal of O(kind).
     type: str
   status:
     description: With O(state=step), what happened to the step.
@@ -280,15 +283,15 @@ def begin(module, root, holder, hostname, target=None):
         params["differences"] = target["differences"]
     lock_state, previous = orch.acquire_lock(root, holder, params["lock_ttl_s"], hostname,
                                              break_lock=params["break_lock"], check_mode=module.check_mode)
-    journal = orch.load_journal(root)
+    if lock_state != "reentered" and not module.check_mode:
+        # Runs of other kinds interrupted under a lock this run took over (a deploy killed half
+        # way, and now a rollback): closed as interrupted, never resumed by a run of another kind.
+        for kind in orch.KINDS:
+            stale = orch.load_journal(root, kind) if kind != params["kind"] else None
+            if stale is not None:
+                close_interrupted(module, root, stale, hostname)
+    journal = orch.load_journal(root, params["kind"])
     resumed = False
-    changed = lock_state != "reentered"
-    if journal is not None and lock_state != "reentered" and journal.get("kind") != params["kind"]:
-        # An interrupted run of another kind (a deploy killed half way, and now a rollback): close
-        # its record as interrupted instead of resuming something the operator did not ask for.
-        if not module.check_mode:
-            close_interrupted(module, root, journal, hostname)
-        journal = None
     if journal is None:
         plan = dict(params["plan"] or {})
         if params["tier"]:
@@ -298,7 +301,8 @@ def begin(module, root, holder, hostname, target=None):
             plan.setdefault("snapshot_id", target["snapshot_id"])
             plan.setdefault("from", target["differences"]["live"])
             plan.setdefault("differences", target["differences"]["summary"])
-        journal = orch.new_journal(params["kind"], params["reason"], params["user"] or holder.get("user"), plan, holder)
+        journal = orch.new_journal(params["kind"], params["reason"], params["user"] or holder.get("user"), plan, holder,
+                                   started_epoch=params["started_epoch"])
         if params["first_step"]:
             orch.record_step(journal, params["first_step"], "started")
         if not module.check_mode:
@@ -310,13 +314,13 @@ def begin(module, root, holder, hostname, target=None):
         if not module.check_mode:
             orch.save_journal(root, journal)
     extra = dict(target=target) if target else {}
-    return dict(extra, changed=changed and not module.check_mode, lock=lock_state,
+    return dict(extra, changed=lock_state != "reentered" and not module.check_mode, lock=lock_state,
                 took_over=previous if lock_state == "taken_over" else None, resumed=resumed,
                 run_id=journal["run_id"], journal=journal, done=orch.done_steps(journal))
 
 
 def close_interrupted(module, root, journal, hostname):
-    message = "interrupted; superseded by a %s run" % module.params["kind"]
+    message = "interrupted; closed by a later %s run" % module.params["kind"]
     record = orch.audit_record(journal, "interrupted", {"message": message}, hostname, utc_now())
     orch.append_line(audit_path(module, root), record)
     orch.archive_run(root, journal, orch.render_report(module.params["project_name"], record, journal))
@@ -331,11 +335,11 @@ def step(module, root, holder):
     if not params["step"] and not params["steps"]:
         raise orch.OrchestrateError("state=step needs step or steps")
     if module.check_mode:
-        return dict(changed=False, journal=orch.load_journal(root) or {}, done={})
+        return dict(changed=False, journal=orch.load_journal(root, params["kind"]) or {}, done={})
     orch.check_lock(root, holder)
-    journal = orch.load_journal(root)
+    journal = orch.load_journal(root, params["kind"])
     if journal is None:
-        raise orch.OrchestrateError("no run in progress for this project: begin one first")
+        raise orch.OrchestrateError("no %s in progress for this project: begin one first" % params["kind"])
     record_steps(journal, params)
     orch.save_journal(root, journal)
     orch.renew_lock(root, holder, params["lock_ttl_s"])
@@ -356,7 +360,7 @@ def finish(module, root, holder, hostname):
     if not params["result"]:
         raise orch.OrchestrateError("state=finish needs result")
     summary = params["summary"] or {}
-    journal = orch.load_journal(root)
+    journal = orch.load_journal(root, params["kind"])
     if journal is None:
         if module.check_mode:
             journal = orch.new_journal(params["kind"], params["reason"], params["user"], params["plan"], holder)
@@ -401,9 +405,9 @@ def write_metrics(module, record, summary):
         return None
 
 
-def status(root):
+def status(root, kind):
     holder = orch.read_json(os.path.join(root, orch.LOCK))
-    journal = orch.load_journal(root)
+    journal = orch.load_journal(root, kind)
     return dict(changed=False, holder=holder, journal=journal or {}, done=orch.done_steps(journal or {}),
                 run_id=(journal or {}).get("run_id"))
 
@@ -416,6 +420,7 @@ def main():
             state=dict(type="str", required=True, choices=["begin", "step", "finish", "status"]),
             snapshot_id=dict(type="str"),
             first_step=dict(type="str"),
+            started_epoch=dict(type="float"),
             steps=dict(type="list", elements="dict"),
             kind=dict(type="str", default="rollback", choices=["rollback", "deploy", "emergency"]),
             holder=dict(type="dict"),
@@ -459,7 +464,7 @@ def main():
         elif params["state"] == "finish":
             result = finish(module, root, holder, hostname)
         else:
-            result = status(root)
+            result = status(root, params["kind"])
     except (orch.OrchestrateError, ManifestError) as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)

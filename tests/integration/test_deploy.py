@@ -86,8 +86,10 @@ def test_a_broken_release_is_rolled_back_and_the_run_fails_saying_why(deployed):
     lkg = ansible_run.read_manifest(deployed.backup_root, deployed.stack.project, last_known_good(deployed))
     assert lkg["services"]["app"]["image_id"] == deployed.v1_id, "the broken release became last known good"
     audit = [json.loads(x) for x in (deployed.root / "audit.jsonl").read_text().splitlines()]
-    assert [line["kind"] for line in audit[-2:]] == ["deploy", "rollback"]
-    assert audit[-2]["result"] == "failed" and audit[-1]["result"] == "success"
+    # The rollback runs inside the deploy's lock; the deploy's record closes last and says so.
+    assert [line["kind"] for line in audit[-2:]] == ["rollback", "deploy"]
+    assert audit[-2]["result"] == "success" and audit[-1]["result"] == "failed"
+    assert "rolled back: config, images (healthy)" in audit[-1]["message"]
     assert not (deployed.root / "rollback.lock").exists()
 
 
