@@ -403,13 +403,14 @@ def state_matches(manifest, state):
     return not commit or (manifest.get("git") or {}).get("commit") == commit
 
 
-def mark_bad_state(root, state, reason):
-    """Remember a state rolled back away from, and mark bad every snapshot that records it."""
+def mark_bad_state(root, state, reason, keep=()):
+    """Remember a state rolled back away from, and mark bad every snapshot that records it
+    (except those in `keep`: the snapshot just rolled back to is never marked)."""
     append_line(os.path.join(root, BAD_STATES), dict(state, reason=reason, at=isoformat(utc_now())))
     marked = []
     for snapshot_id in list_snapshots(root):
         directory = os.path.join(root, snapshot_id)
-        if is_bad(directory):
+        if snapshot_id in keep or is_bad(directory):
             continue
         try:
             manifest = load_manifest(directory)

@@ -377,8 +377,9 @@ def finish(module, root, holder, hostname):
         return result
     orch.check_lock(root, holder)
     if params["result"] == "success" and params["bad_state"]:
+        target = (summary.get("to") or {}).get("snapshot_id") or journal.get("plan", {}).get("snapshot_id")
         result["marked_bad"] = orch.mark_bad_state(
-            root, params["bad_state"], "rolled back away from in run %s" % journal["run_id"])
+            root, params["bad_state"], "rolled back away from in run %s" % journal["run_id"], keep={target})
     orch.append_line(audit_path(module, root), record)
     result["report_path"] = os.path.join(orch.archive_run(root, journal, report), "report.md")
     if params["metrics_dir"]:
