@@ -63,6 +63,20 @@ JOBS = (
                  "healthy": True, "snapshot_id": "{snapshot_id}"}),
     Job("verify", "playbooks/verify.yml", changes_nothing=True,
         outcome={"tier": "verify", "result": "success", "healthy": True, "snapshot_id": "{snapshot_id}"}),
+    # The orchestrator as AWX runs it: a check job plans, the run picks the image tier itself.
+    Job("rollback check", "playbooks/rollback.yml", job_type="check", before="deploy_broken_release",
+        survey={"lastgood_tier": "auto", "lastgood_confirm": "false", "lastgood_reason": "v2 fails /health"},
+        changes_nothing=True,
+        outcome={"result": "planned", "check_mode": True, "planned_attempts": [["images"], ["full"]]}),
+    Job("rollback", "playbooks/rollback.yml",
+        survey={"lastgood_tier": "auto", "lastgood_confirm": "false", "lastgood_reason": "v2 fails /health"},
+        outcome={"result": "success", "tiers": ["images"], "escalations": 0, "healthy": True, "check_mode": False}),
+    # A deploy of the broken release through its template: watched, rolled back, the job fails.
+    Job("deploy broken release", "playbooks/deploy.yml", status="failed",
+        survey={"lastgood_deploy_env": {"APP_IMAGE": "{v2_ref}"}, "lastgood_watch_s": "10",
+                "lastgood_watch_interval_s": "0.5", "lastgood_watch_failures": "3", "lastgood_deploy_rollback": "true",
+                "lastgood_reason": "release 3"},
+        outcome={"tier": "deploy", "result": "rolled_back", "verdict": "failed", "healthy": False}),
 )
 
 
@@ -117,6 +131,7 @@ class Scenario:
         """What the failed deploy left: the app reference on a broken v2 of this test's own."""
         self.v2_id = ansible_run.throwaway_image(self.client, stacks.APP_V2, "lastgood-test/app",
                                                  self.stack.project + "-awx-v2", self.stack.project)
+        self.values["v2_ref"] = "lastgood-test/app:%s-awx-v2" % self.stack.project
         self.stack.tag_app(self.v2_id)
         self.stack.compose("up", "-d", "--no-deps", "app")
         stacks.wait_until(lambda: self.stack.image_id("app") == self.v2_id, 30, message="app runs v2")
