@@ -1,14 +1,17 @@
-"""make demo: the image-tier rollback, told on the demo stack.
+"""make demo: the main job, deploy with automatic rollback, told on the demo stack.
 
-v1 up -> snapshot -> deploy v2 (its health check fails) -> the gate fails ->
-rollback_images.yml -> the gate passes -> a short report: what changed, time to recover,
-and the longest outage a 20 Hz prober saw. Uses inventories/demo (project in
+v1 up -> snapshot -> deploy.yml ships v2 (APP_IMAGE in .env; its /health answers 500) ->
+the watch fails -> the orchestrator picks the tiers (config + images), rolls back, gates ->
+rollback.yml again finds nothing to do -> a short report: what changed, the audit log, time
+to recover and the longest outage a 20 Hz prober saw. Uses inventories/demo (project in
 /srv/lastgood-demo/stack, snapshots in /srv/lastgood-demo/backups). Everything listens on
 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import shutil
 import subprocess
@@ -20,6 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 from prober import Prober  # noqa: E402
+
+
+def epoch(iso):
+    return datetime.datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc).timestamp()
 
 DEMO_ROOT = Path("/srv/lastgood-demo")
 PROJECT_DIR = DEMO_ROOT / "stack"
@@ -91,44 +98,51 @@ def main():
 
     step("snapshot: record what runs, gate it, mark it last known good")
     playbook("snapshot")
-
-    step("deploy v2: lastgood-demo/app:latest now names v2, whose /health answers 500")
-    run(["docker", "tag", f"{APP}:v2", f"{APP}:latest"])
-    compose("up", "--detach", "--no-deps", "app")
     before = containers()
 
-    step("verify: the gate fails (5 s deadline)")
-    rc = playbook("verify", "-e", "health_gate_deadline_s=5", check=False)[0]
-    print("verify exit code: %d (expected non-zero)" % rc)
-
-    step("rollback_images: restore the snapshot's images, recreate only what changed, gate")
+    step("deploy.yml: ship v2 (APP_IMAGE=%s:v2 in .env), watch it, roll back automatically" % APP)
+    deploy_vars = json.dumps({"lastgood_deploy_env": {"APP_IMAGE": "%s:v2" % APP}, "lastgood_watch_s": 15,
+                              "lastgood_watch_interval_s": 0.5, "lastgood_watch_failures": 3,
+                              "lastgood_reason": "demo: release v2"})
     with Prober("http://127.0.0.1:18080/version") as available, Prober("http://127.0.0.1:18080/health") as health:
         time.sleep(0.3)
         started = time.monotonic()
-        rc, wall = playbook("rollback_images")
+        offset = time.time() - started
+        rc, wall = playbook("deploy", "-e", deploy_vars, check=False)
         ended = time.monotonic()
         time.sleep(0.3)
+    print("deploy.yml exit code: %d (expected non-zero: the release failed and was rolled back)" % rc)
     after = containers()
+
+    step("rollback.yml: the orchestrator again, which finds nothing to do")
+    playbook("rollback")
 
     step("verify: the gate passes")
     playbook("verify")
 
     step("report")
+    audit = [json.loads(line) for line in (DEMO_ROOT / "backups" / PROJECT / "audit.jsonl").read_text().splitlines()]
+    rollback = [line for line in audit if line["kind"] == "rollback"][0]
+    deploy = [line for line in audit if line["kind"] == "deploy"][0]
+    rollback_start = epoch(rollback["started_at"]) - offset
+    recovered = health.first_ok_after(rollback_start)
     changed = sorted(s for s in after if before.get(s, (None,))[0] != after[s][0])
-    unchanged = sorted(s for s in after if s not in changed)
-    healthy_after = health.first_ok_after(started)
-    print("services recreated:       %s" % (", ".join(
-        "%s (%s -> %s)" % (s, before[s][1][7:19], after[s][1][7:19]) for s in changed) or "none"))
-    print("services left running:    %s (same container IDs)" % ", ".join(unchanged))
-    print("rollback_images.yml:      %.1f s wall time (exit %d)" % (wall, rc))
-    print("time to recover:          %s from rollback start to the first healthy /health answer"
-          % ("%.1f s" % healthy_after if healthy_after is not None else "never"))
+    print("deploy:                   %s (%s)" % (deploy["result"], deploy["message"]))
+    print("rollback tiers:           %s, %s, healthy: %s" % (" + ".join(rollback["tiers"]), rollback["result"],
+                                                            rollback["healthy"]))
+    print("watch's first failing answer -> rollback start: %.2f s (bound 0.5 s x 3 + 1 s = 2.5 s)"
+          % (epoch(rollback["started_at"]) - float(deploy["details"]["watch_failing_since"])))
+    print("rollback start -> first healthy /health: %s"
+          % ("%.1f s" % recovered if recovered is not None else "never"))
+    print("services recreated (v1 -> v2 -> v1): %s; left running: %s"
+          % (", ".join(changed) or "none", ", ".join(sorted(set(after) - set(changed)))))
+    print("deploy.yml:               %.1f s wall time, snapshot + deploy + watch + rollback" % wall)
     print("longest outage (/version, 20 Hz prober): %.2f s" % available.longest_outage_s(started, ended))
     total, failed = available.counts()
-    print("probes during the demo:   %d, failed %d" % (total, failed))
-    kept = run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}",
-                "--filter", "reference=%s:rolled-back-*" % APP], quiet=True).stdout.split()
-    print("the broken image is kept: %s" % (max(kept) if kept else "NOT FOUND"))
+    print("probes during the demo:   %d, failed %d (the broken release answers /version too)" % (total, failed))
+    print("reports:                  %s" % ", ".join(
+        str(p) for p in sorted((DEMO_ROOT / "backups" / PROJECT / "runs").glob("*/report.md"))))
+    print("audit log:                %s" % (DEMO_ROOT / "backups" / PROJECT / "audit.jsonl"))
     print("\nNext: make test")
     return 0
 
