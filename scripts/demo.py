@@ -28,6 +28,7 @@ from prober import Prober  # noqa: E402
 def epoch(iso):
     return datetime.datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc).timestamp()
 
+
 DEMO_ROOT = Path("/srv/lastgood-demo")
 PROJECT_DIR = DEMO_ROOT / "stack"
 PROJECT = "lastgood-demo"
@@ -128,8 +129,8 @@ def main():
     recovered = health.first_ok_after(rollback_start)
     changed = sorted(s for s in after if before.get(s, (None,))[0] != after[s][0])
     print("deploy:                   %s (%s)" % (deploy["result"], deploy["message"]))
-    print("rollback tiers:           %s, %s, healthy: %s" % (" + ".join(rollback["tiers"]), rollback["result"],
-                                                            rollback["healthy"]))
+    print("rollback tiers:           %s, %s, healthy: %s"
+          % (" + ".join(rollback["tiers"]), rollback["result"], rollback["healthy"]))
     print("watch's first failing answer -> rollback start: %.2f s (bound 0.5 s x 3 + 1 s = 2.5 s)"
           % (epoch(rollback["started_at"]) - float(deploy["details"]["watch_failing_since"])))
     print("rollback start -> first healthy /health: %s"

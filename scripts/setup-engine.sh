@@ -114,7 +114,8 @@ need_root
 if ! engine_answers; then
   command -v dockerd >/dev/null 2>&1 || apt_install docker.io
 fi
-apt_install busybox-static debootstrap postgresql-client-15 postgresql-15 iproute2 curl
+# iptables: the security-breach tests isolate disposable network namespaces.
+apt_install busybox-static debootstrap postgresql-client-15 postgresql-15 iproute2 iptables curl
 install_prometheus
 install_compose_plugin
 start_engine

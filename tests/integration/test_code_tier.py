@@ -405,3 +405,27 @@ def test_an_unhealthy_gate_returns_the_tree_or_leaves_it_for_the_orchestrator(re
     assert BACKUP_REF.fullmatch(result["backup_ref"]) and repo.refs()[result["backup_ref"]] == fixed
     assert "lastgood_outcome" not in run.global_custom_stats
     assert repo.tags() == []
+
+
+def test_the_orchestrator_picks_the_code_tier_for_a_bad_commit(repos, docker_client, tmp_path):
+    """rollback.yml with tier auto: another commit is a code difference, so the code tier runs."""
+    repo = repos()
+    backup_root = tmp_path / "backups"
+    inventory = ansible_run.write_inventory(tmp_path, repo.host_vars(backup_root), name=repo.project + "-auto.yml")
+    try:
+        snapshot = ansible_run.run_playbook("snapshot", inventory)
+        assert snapshot.rc == 0, snapshot.describe()
+        good = repo.head()
+        bad = repo.commit_bad()
+        repo.deploy()
+        wait_version(repo, "bad")
+        run = ansible_run.run_playbook("rollback", inventory, extra_vars=SHORT_GATE)
+        assert run.rc == 0, run.describe()
+        outcome = run.outcome()
+        assert "code" in outcome["planned_attempts"][0] and outcome["planned_attempts"][-1] == ["full"]
+        assert outcome["result"] == "success" and outcome["escalations"] == 0 and "code" in outcome["tiers"]
+        assert repo.head() == good and any(BACKUP_REF.fullmatch(ref) for ref in repo.refs())
+        assert bad in repo.out("log", "--all", "--format=%H")
+        wait_version(repo, "good")
+    finally:
+        ansible_run.remove_snapshot_pins(docker_client, backup_root)
