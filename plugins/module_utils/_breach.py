@@ -687,10 +687,12 @@ def parse_moment(text):
     return moment.astimezone(datetime.timezone.utc)
 
 
-def select_snapshot(backup_root, project_name, before, manifest_utils, data_utils):
+def select_snapshot(backup_root, project_name, before, manifest_utils, data_utils, missing_images=None):
     """The newest snapshot created before `before` whose manifest, file copies and data
-    archives verify and which is not marked bad: (id, directory, manifest, skipped), where
-    skipped lists {id, reason} of newer candidates that were passed over.
+    archives verify, which is not marked bad and (with `missing_images`, a function of a
+    manifest returning the services whose image is gone) whose images are all present:
+    (id, directory, manifest, skipped), where skipped lists {id, reason} of newer candidates
+    that were passed over.
 
     `manifest_utils`/`data_utils` are the collection's _manifest and _snapshot_data modules
     (passed in to keep this module importable without them in unit tests).
@@ -721,6 +723,10 @@ def select_snapshot(backup_root, project_name, before, manifest_utils, data_util
         damaged = data_utils.damaged_artifacts(directory, manifest)
         if damaged:
             skipped.append({"id": snapshot_id, "reason": "data archives do not match their sha256: %s" % ", ".join(damaged)})
+            continue
+        gone = missing_images(manifest) if missing_images else []
+        if gone:
+            skipped.append({"id": snapshot_id, "reason": "images no longer present for %s" % ", ".join(gone)})
             continue
         return snapshot_id, directory, manifest, skipped
     raise BreachError("no verified snapshot of %s was taken before the breach time %s%s; nothing was stopped"

@@ -11,8 +11,9 @@ short_description: Preserve the evidence of a breached compose project, and pick
 version_added: 0.1.0
 description:
   - Picks the newest snapshot of the project taken before O(before) whose manifest, file copies and data archives verify
-    against their sha256 and which is not marked bad (or checks O(snapshot_id)). Without one it fails with one line and
-    writes nothing.
+    against their sha256, which is not marked bad and whose recorded images are all still present (or checks
+    O(snapshot_id)), so the restore that follows cannot refuse it after the host was isolated and stopped. Without one
+    it fails with one line and writes nothing.
   - Writes into C(<dest>/evidence/) - every container's C(docker inspect) summary with its image ID (C(containers.json)),
     its log with timestamps (C(logs/)), its running processes (C(processes/), from C(docker top)), C(git status)
     and the commit of the project directory (C(git.txt)), the configuration files that differ from the snapshot's
@@ -130,7 +131,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._compose import 
     PROJECT_LOOKUP_ARGUMENT_SPEC,
     resolve_project_name,
 )
-from ansible_collections.lastgood.rollback.plugins.module_utils._docker import docker_client, one_line, project_containers
+from ansible_collections.lastgood.rollback.plugins.module_utils._docker import docker_client, image_id, one_line, project_containers
 from ansible_collections.lastgood.rollback.plugins.module_utils._errors import fail_step
 
 try:
@@ -139,7 +140,9 @@ except ImportError:  # reported by docker_client()
     DockerException = Exception
 
 
-def choose(params, project_name):
+def choose(params, project_name, missing_images=None):
+    """The snapshot to restore (and the newer ones passed over); `missing_images(manifest)` names
+    the services whose recorded image is gone, so a snapshot the restore would refuse is never chosen."""
     if params["snapshot_id"]:
         try:
             snapshot_id, directory, manifest = _manifest.load_verified_snapshot(
@@ -149,12 +152,16 @@ def choose(params, project_name):
         damaged = _snapshot_data.damaged_artifacts(directory, manifest)
         if damaged:
             raise BreachError("snapshot %s: data archives do not match their sha256: %s" % (snapshot_id, ", ".join(damaged)))
+        gone = missing_images(manifest) if missing_images else []
+        if gone:
+            raise BreachError("snapshot %s cannot be restored: images no longer present for %s" % (snapshot_id, ", ".join(gone)))
         if params["before"] and parse_moment(manifest.get("created_at")) >= parse_moment(params["before"]):
             raise BreachError("snapshot %s was taken after the breach time %s" % (snapshot_id, params["before"]))
         return snapshot_id, directory, manifest, []
     if not params["before"]:
         raise BreachError("give the breach time (before) or a snapshot_id")
-    return select_snapshot(params["backup_root"], project_name, params["before"], _manifest, _snapshot_data)
+    return select_snapshot(params["backup_root"], project_name, params["before"], _manifest, _snapshot_data,
+                           missing_images=missing_images)
 
 
 def git_state(module, project_dir):
@@ -206,8 +213,13 @@ def main():
     if not params["project_dir"]:
         module.fail_json(msg="project_dir is required: the evidence includes its files and git state")
     project_name = resolve_project_name(module, params)
+    client = docker_client(module)
+
+    def missing_images(manifest):
+        return sorted(name for name, entry in (manifest.get("services") or {}).items()
+                      if not entry.get("image_id") or image_id(client, entry["image_id"]) is None)
     try:
-        snapshot_id, _directory, manifest, skipped = choose(params, project_name)
+        snapshot_id, _directory, manifest, skipped = choose(params, project_name, missing_images)
     except BreachError as exc:
         fail_step(module, exc, changed=False)
     evidence = os.path.join(params["dest"], "evidence")
@@ -218,7 +230,6 @@ def main():
         with open(sums, encoding="utf-8") as handle:
             result["files"] = len(handle.read().splitlines())
         module.exit_json(msg="evidence already captured in %s" % evidence, **result)
-    client = docker_client(module)
     try:
         if module.check_mode:
             by_service = project_containers(client, project_name)
