@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 
+from ansible_collections.lastgood.rollback.plugins.module_utils import _manifest
 from ansible_collections.lastgood.rollback.plugins.module_utils._errors import StepError
 
 CHAIN_IN = "LASTGOOD_ISO_IN"
@@ -67,21 +68,8 @@ def utc_stamp(moment=None):
 
 
 def write_atomic(path, data, mode=0o600):
-    """Write bytes or text to path through a temporary file in the same directory."""
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".lastgood-tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write bytes or text to path through a temporary file in the same directory (private by default)."""
+    _manifest.write_atomic(path, data, mode)
 
 
 # -- admin CIDRs ------------------------------------------------------------------------------

@@ -136,12 +136,14 @@ def write_bad_marker(snapshot_dir, reason, moment):
                   json.dumps({"reason": reason, "marked_at": isoformat(moment)}, indent=2) + "\n")
 
 
-def _write_atomic(path, text, mode=0o640):
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+def write_atomic(path, data, mode=0o640):
+    """Write text or bytes to `path` through a synced temporary file in the same directory, then rename."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
@@ -150,6 +152,9 @@ def _write_atomic(path, text, mode=0o640):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+_write_atomic = write_atomic
 
 
 def manifest_bytes(manifest):

@@ -276,6 +276,32 @@ def run_playbook(name, inventory, extra_vars=None, check=False, env=None, timeou
                                 check=check, env=env, timeout=timeout)
 
 
+def kill_at_journal_step(playbook, inventory, journal, step, status="started", extra_vars=None, timeout=240):
+    """Run playbooks/<playbook>.yml and SIGKILL it (its whole process group) as soon as the run's
+    journal file records `step` with `status`: an interruption at a chosen point. Returns the
+    journal as the killed run left it."""
+    import signal
+    import stacks  # pylint: disable=import-outside-toplevel  (the tests' own helpers)
+    args = [str(ANSIBLE_PLAYBOOK), "-i", str(inventory), str(PLAYBOOK_DIR / ("%s.yml" % playbook))]
+    if extra_vars:
+        args += ["-e", json.dumps(extra_vars)]
+    proc = subprocess.Popen(args, cwd=REPO_ROOT, env=ansible_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def reached():
+        try:
+            steps = json.loads(Path(journal).read_text())["steps"]
+        except (OSError, ValueError, KeyError):
+            return False
+        return any(record["step"] == step and record["status"] == status for record in steps)
+    try:
+        stacks.wait_until(reached, timeout, interval=0.02, message="the journal records %s %s" % (step, status))
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return json.loads(Path(journal).read_text())
+
+
 def run_tasks(inventory, tasks, workdir, env=None, timeout=300):
     """Run `tasks` (a list of task dicts) as a one-play playbook written into `workdir`."""
     play = [{"name": "lastgood.rollback integration test", "hosts": HOST, "gather_facts": False, "tasks": tasks}]

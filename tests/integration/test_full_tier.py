@@ -11,9 +11,6 @@ run resumes it without taking another one, restores the database and starts in s
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 
 import psycopg2
 import pytest
@@ -85,24 +82,10 @@ def safety_snapshots(found):
 
 def test_escalation_to_the_full_tier_resumes_after_a_kill_and_restores_the_data(full):
     assert count_orders(full.connect) == 10
-    args = [str(ansible_run.ANSIBLE_PLAYBOOK), "-i", str(full.inventory), str(ansible_run.PLAYBOOK_DIR / "rollback.yml"),
-            "-e", json.dumps({"lastgood_confirm": True, "lastgood_reason": "release 2 lost orders"})]
-    proc = subprocess.Popen(args, cwd=ansible_run.REPO_ROOT, env=ansible_run.ansible_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
     journal = full.root / "journal.json"
-
-    def safety_snapshot_done():
-        try:
-            steps = json.loads(journal.read_text())["steps"]
-        except (OSError, ValueError, KeyError):
-            return False
-        return any(s["step"] == "attempt-2:full:safety_snapshot" and s["status"] == "done" for s in steps)
-    try:
-        stacks.wait_until(safety_snapshot_done, 240, interval=0.02, message="the full tier's safety snapshot")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    interrupted = json.loads(journal.read_text())
+    interrupted = ansible_run.kill_at_journal_step(
+        "rollback", full.inventory, journal, "attempt-2:full:safety_snapshot", status="done",
+        extra_vars={"lastgood_confirm": True, "lastgood_reason": "release 2 lost orders"})
     assert [(s["step"], s["status"]) for s in interrupted["steps"]][:3] == [
         ("attempt-1", "started"), ("attempt-1", "done"), ("attempt-2", "started")]
     assert len(safety_snapshots(full)) == 1

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
-import signal
 import socket
 import subprocess
 import threading
@@ -226,23 +224,8 @@ def test_a_lock_whose_holder_died_is_taken_over(orch):
 
 def test_a_run_killed_half_way_resumes_when_run_again(orch):
     orch.break_app()
-    args = [str(ansible_run.ANSIBLE_PLAYBOOK), "-i", str(orch.inventory), str(ansible_run.PLAYBOOK_DIR / "rollback.yml")]
-    proc = subprocess.Popen(args, cwd=ansible_run.REPO_ROOT, env=ansible_run.ansible_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
     journal = orch.root / "journal.json"
-
-    def attempt_started():
-        try:
-            steps = json.loads(journal.read_text())["steps"]
-        except (OSError, ValueError, KeyError):
-            return False
-        return any(step["step"] == "attempt-1" and step["status"] == "started" for step in steps)
-    try:
-        stacks.wait_until(attempt_started, 60, interval=0.02, message="the first attempt started")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    interrupted = json.loads(journal.read_text())
+    interrupted = ansible_run.kill_at_journal_step("rollback", orch.inventory, journal, "attempt-1", timeout=60)
     assert (orch.root / "rollback.lock").exists(), "the killed run's lock is gone"
 
     run = orch.run()
