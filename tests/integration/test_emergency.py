@@ -178,9 +178,8 @@ def test_without_a_verified_snapshot_the_code_falls_back_and_the_data_is_left_as
     older, newest = emergency.snapshots
     support.damage_dump(emergency.backup_root, stack.project, older)
     recorded_commit = json.loads((emergency.backup_root / stack.project / newest / "manifest.json").read_text())["git"]["commit"]
-    # The full recovery before marked every snapshot recording the state it left (same images and
-    # commit) bad, so the fallback is the newest lastgood/good-* tag (what the code tier writes).
-    stacks.run(["git", "-C", stack.dir, "tag", "lastgood/good-20261130T000000Z", recorded_commit])
+    # The full recovery before restored data only: the snapshots it rolled back to stay usable
+    # (never marked bad), so the fallback is the commit the newest readable snapshot records.
     moved = commit_change(stack, "CHANGELOG.txt")
     assert moved != recorded_commit
     insert_rows(emergency.connect, 7)
@@ -190,7 +189,8 @@ def test_without_a_verified_snapshot_the_code_falls_back_and_the_data_is_left_as
     outcome = run.outcome()
     assert outcome["snapshot_id"] == "" and outcome["data_left_as_is"] is True
     assert outcome["message"].startswith("no verified snapshot; code at %s, data left as is" % recorded_commit)
-    assert outcome["fallback_commit"] == {"commit": recorded_commit, "tag": "lastgood/good-20261130T000000Z", "source": "tag"}
+    fallback = outcome["fallback_commit"]
+    assert fallback["commit"] == recorded_commit and fallback["source"] == "snapshot", fallback
     assert {newest, older} <= {s["id"] for s in outcome["skipped"]}
     assert git_head(stack) == recorded_commit
     assert support.count_rows(emergency.connect) == rows
