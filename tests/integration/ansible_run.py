@@ -34,6 +34,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -280,8 +281,7 @@ def kill_at_journal_step(playbook, inventory, journal, step, status="started", e
     """Run playbooks/<playbook>.yml and SIGKILL it (its whole process group) as soon as the run's
     journal file records `step` with `status`: an interruption at a chosen point. Returns the
     journal as the killed run left it."""
-    import signal
-    import stacks  # pylint: disable=import-outside-toplevel  (the tests' own helpers)
+    import stacks  # pylint: disable=import-outside-toplevel
     args = [str(ANSIBLE_PLAYBOOK), "-i", str(inventory), str(PLAYBOOK_DIR / ("%s.yml" % playbook))]
     if extra_vars:
         args += ["-e", json.dumps(extra_vars)]
