@@ -107,3 +107,25 @@ def test_a_deploy_that_says_nothing_to_deploy_is_refused(deployed):
     run = ansible_run.run_playbook("deploy", deployed.inventory)
     assert run.rc != 0 and "the new version" in run.failure_msg()
     assert not (deployed.root / "rollback.lock").exists()
+
+
+def test_an_inconclusive_watch_aborts_without_promoting_or_rolling_back(deployed):
+    """A Prometheus check that proves nothing (its server unreachable) is inconclusive: the
+    deploy neither promotes nor rolls back by default; it stops and says so."""
+    checks = ansible_run.stack_health_checks(deployed.stack) + [{
+        "name": "error-rate", "type": "prometheus", "url": "http://127.0.0.1:%d" % stacks.free_port(),
+        "query": "sum(rate(demo_http_requests_total[30s]))", "threshold": 0.05, "timeout_s": 1}]
+    # The state before the deploy cannot be proven healthy either: the operator records it anyway
+    # (lastgood_force) and lets the gates report inconclusive instead of stopping.
+    run = deploy(deployed, {"APP_EXTRA_LATENCY_MS": "2"}, lastgood_health_checks=checks, lastgood_watch_s=3,
+                 lastgood_force=True, lastgood_health_on_inconclusive="report", snapshot_gate_deadline_s=2)
+    assert run.rc != 0
+    outcome = run.outcome()
+    assert outcome["verdict"] == "inconclusive" and outcome["result"] == "failed" and outcome["rolled_back"] is False, outcome["why"]
+    assert "inconclusive" in outcome["why"] and "not promoted" in run.failure_msg()
+    assert env_value(deployed, "APP_EXTRA_LATENCY_MS") == "2", "the new version was rolled back"
+    assert outcome["promoted"] == ""
+    # Last known good is the state before this deploy, never the unproven new version.
+    lkg = ansible_run.read_manifest(deployed.backup_root, deployed.stack.project, last_known_good(deployed))
+    assert lkg["reason"].startswith("before deploy")
+    assert not (deployed.root / "rollback.lock").exists()
