@@ -18,7 +18,7 @@ import sys
 import time
 
 from bench_rollback_images import healthy
-from common import REPO, Stack, docker_client, empty_playbook, median, playbook, temp_dir, write_inventory
+from common import REPO, Stack, docker_client, empty_playbook, floor_summary, playbook, temp_dir, write_inventory
 from config_support import ConfigStack  # noqa: E402  (tests/integration is on the path through common)
 
 RUNS = int(os.environ.get("RUNS", "3"))
@@ -79,15 +79,7 @@ def main():
             rounds.append(dict(a=a, b=b, c=c))
             print(f"round: a={a:.2f}s b={b:.2f}s c={c:.2f}s a-b={a - b:.2f}s", flush=True)
 
-        a = median(r["a"] for r in rounds)
-        b = median(r["b"] for r in rounds)
-        c = median(r["c"] for r in rounds)
-        worst_margin = max((r["a"] - r["b"]) - (2 * r["c"] + 2) for r in rounds)
-        print()
-        print(f"rollback_config.yml (a): {a:.2f} s   empty playbook (b): {b:.2f} s   floor (c): {c:.2f} s")
-        print(f"(a) - (b) = {a - b:.2f} s   target <= 2 x (c) + 2 = {2 * c + 2:.2f} s   "
-              f"{'MET' if a - b <= 2 * c + 2 else 'MISSED'} (worst round margin {worst_margin:+.2f} s)")
-        return 0 if a - b <= 2 * c + 2 else 1
+        return floor_summary("rollback_config.yml", rounds)
     finally:
         stack.destroy()
         shutil.rmtree(work, ignore_errors=True)

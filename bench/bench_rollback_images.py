@@ -17,7 +17,7 @@ import time
 import http.client
 import urllib.request
 
-from common import REPO, Stack, docker_client, empty_playbook, median, playbook, temp_dir, write_inventory
+from common import REPO, Stack, docker_client, empty_playbook, floor_summary, playbook, temp_dir, write_inventory
 from prober import Prober
 
 RUNS = int(os.environ.get("RUNS", "3"))
@@ -93,19 +93,7 @@ def main():
             print(f"round: a={a:.2f}s b={b:.2f}s c={c:.2f}s a-b={a - b:.2f}s outage={outage:.2f}s "
                   f"probes={prober.counts()[0]} failed={prober.counts()[1]}", flush=True)
 
-        a = median(r["a"] for r in rounds)
-        b = median(r["b"] for r in rounds)
-        c = median(r["c"] for r in rounds)
-        outage = median(r["outage"] for r in rounds)
-        worst_margin = max((r["a"] - r["b"]) - (2 * r["c"] + 2) for r in rounds)
-        worst_outage_margin = max(r["outage"] - (r["c"] + 1) for r in rounds)
-        print()
-        print(f"rollback_images.yml (a): {a:.2f} s   empty playbook (b): {b:.2f} s   floor (c): {c:.2f} s")
-        print(f"(a) - (b) = {a - b:.2f} s   target <= 2 x (c) + 2 = {2 * c + 2:.2f} s   "
-              f"{'MET' if a - b <= 2 * c + 2 else 'MISSED'} (worst round margin {worst_margin:+.2f} s)")
-        print(f"longest outage (20 Hz prober on /version): {outage:.2f} s   target <= (c) + 1 = {c + 1:.2f} s   "
-              f"{'MET' if outage <= c + 1 else 'MISSED'} (worst round margin {worst_outage_margin:+.2f} s)")
-        return 0 if (a - b <= 2 * c + 2 and outage <= c + 1) else 1
+        return floor_summary("rollback_images.yml", rounds)
     finally:
         stack.destroy()
         shutil.rmtree(work, ignore_errors=True)

@@ -66,4 +66,29 @@ def median(values):
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
-__all__ = ["Stack", "docker_client", "write_inventory", "playbook", "empty_playbook", "temp_dir", "median"]
+def floor_summary(label, rounds):
+    """Print the floor-method figures of the tier benches and return the exit code.
+
+    rounds: dicts with a (the playbook), b (an empty playbook), c (the floor: the same change done
+    by hand) and, when a prober watched, outage. Targets: a - b <= 2c + 2 and outage <= c + 1.
+    """
+    a = median(r["a"] for r in rounds)
+    b = median(r["b"] for r in rounds)
+    c = median(r["c"] for r in rounds)
+    met = a - b <= 2 * c + 2
+    worst_margin = max((r["a"] - r["b"]) - (2 * r["c"] + 2) for r in rounds)
+    print()
+    print(f"{label} (a): {a:.2f} s   empty playbook (b): {b:.2f} s   floor (c): {c:.2f} s")
+    print(f"(a) - (b) = {a - b:.2f} s   target <= 2 x (c) + 2 = {2 * c + 2:.2f} s   "
+          f"{'MET' if met else 'MISSED'} (worst round margin {worst_margin:+.2f} s)")
+    if all("outage" in r for r in rounds):
+        outage = median(r["outage"] for r in rounds)
+        worst_outage_margin = max(r["outage"] - (r["c"] + 1) for r in rounds)
+        print(f"longest outage (20 Hz prober on /version): {outage:.2f} s   target <= (c) + 1 = {c + 1:.2f} s   "
+              f"{'MET' if outage <= c + 1 else 'MISSED'} (worst round margin {worst_outage_margin:+.2f} s)")
+        met = met and outage <= c + 1
+    return 0 if met else 1
+
+
+__all__ = ["Stack", "docker_client", "write_inventory", "playbook", "empty_playbook", "temp_dir", "median",
+           "floor_summary"]

@@ -167,124 +167,15 @@ actions:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.lastgood.rollback.plugins.module_utils import _services
-from ansible_collections.lastgood.rollback.plugins.module_utils._compose import (
-    PROJECT_ARGUMENT_SPEC,
-    ComposeError,
-    fail_compose,
-    load_project,
-)
-from ansible_collections.lastgood.rollback.plugins.module_utils._docker import (
-    ROLLED_BACK_TAG_PREFIX,
-    APIError,
-    docker_client,
-    image_id,
-    normalize_reference,
-    one_line,
-    split_reference,
-)
+from ansible_collections.lastgood.rollback.plugins.module_utils._compose import PROJECT_ARGUMENT_SPEC, load_project
+from ansible_collections.lastgood.rollback.plugins.module_utils._docker import docker_client
+from ansible_collections.lastgood.rollback.plugins.module_utils._errors import StepError, fail_step
+from ansible_collections.lastgood.rollback.plugins.module_utils._images import restore_images
 from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import (
     BACKUP_ROOT_ARGUMENT_SPEC,
     ManifestError,
-    compact_timestamp,
     load_verified_snapshot,
-    utc_now,
 )
-from ansible_collections.lastgood.rollback.plugins.module_utils._state import live_services
-
-
-class ImageRestore:
-    """Plans, then applies, the tag moves for a set of recorded services."""
-
-    def __init__(self, module, client, project, recorded):
-        self.module = module
-        self.client = client
-        self.project = project
-        self.recorded = recorded
-        self.stamp = compact_timestamp(utc_now())
-        self.plan = {}
-        self.actions = []
-
-    def verify(self):
-        """Every problem, for every service, before anything changes."""
-        live = live_services(self.project, self.client)
-        problems = []
-        for name in sorted(self.recorded):
-            entry = self.recorded[name] or {}
-            wanted_ref = normalize_reference(entry.get("image") or "")
-            wanted_id = entry.get("image_id")
-            if name not in live:
-                problems.append("service %s is in the record but not in the project" % name)
-                continue
-            if not entry.get("image") or not wanted_id:
-                problems.append("service %s: the record has no image or image_id" % name)
-                continue
-            if live[name]["image"] != wanted_ref:
-                problems.append("service %s: configured image changed from %s to %s since the record"
-                                " (restore the configuration first)" % (name, wanted_ref, live[name]["image"]))
-                continue
-            if image_id(self.client, wanted_id) is None:
-                problems.append("service %s: image %s is no longer present locally" % (name, wanted_id))
-                continue
-            self.plan[name] = self._service_plan(name, live[name], wanted_ref, wanted_id)
-        if problems:
-            self.module.fail_json(msg="nothing changed: " + "; ".join(problems), problems=problems)
-        return live
-
-    def _service_plan(self, name, live, reference, wanted_id):
-        before = live["configured_image_id"]
-        running = live["container_image_ids"]
-        retag = before != wanted_id
-        keep_tag = None
-        if retag and before and self.module.params["tag_replaced"]:
-            keep_tag = self._free_rolled_back_tag(reference, before)
-        return {
-            "image": reference,
-            "before_image_id": before,
-            "after_image_id": wanted_id,
-            "retagged": retag,
-            "rolled_back_tag": keep_tag,
-            "container_image_ids": running,
-            "needs_recreate": running != [wanted_id] or not live["running"],
-        }
-
-    def _free_rolled_back_tag(self, reference, image):
-        repository = split_reference(reference)[0]
-        candidate, counter = "%s:%s%s" % (repository, ROLLED_BACK_TAG_PREFIX, self.stamp), 1
-        while image_id(self.client, candidate) not in (None, image):
-            counter += 1
-            candidate = "%s:%s%s-%d" % (repository, ROLLED_BACK_TAG_PREFIX, self.stamp, counter)
-        return candidate
-
-    def apply(self):
-        for name in sorted(self.plan):
-            step = self.plan[name]
-            if step["rolled_back_tag"]:
-                self.actions.append("tag %s (%s) as %s" % (step["image"], short(step["before_image_id"]),
-                                                           step["rolled_back_tag"]))
-            if step["retagged"]:
-                self.actions.append("tag %s as %s" % (short(step["after_image_id"]), step["image"]))
-            if step["needs_recreate"]:
-                self.actions.append("recreate %s (runs %s)" % (
-                    name, ", ".join(short(i) for i in step["container_image_ids"]) or "no container"))
-            if self.module.check_mode:
-                continue
-            try:
-                if step["rolled_back_tag"]:
-                    self._tag(step["before_image_id"], step["rolled_back_tag"])
-                if step["retagged"]:
-                    self._tag(step["after_image_id"], step["image"])
-            except APIError as exc:
-                self.module.fail_json(msg="tagging for service %s failed: %s" % (name, one_line(exc)),
-                                      services=self.plan, actions=self.actions)
-
-    def _tag(self, image, reference):
-        repository, tag = split_reference(reference)
-        self.client.api.tag(image, repository, tag, force=True)
-
-
-def short(image):
-    return (image or "none").replace("sha256:", "")[:12]
 
 
 def main():
@@ -321,39 +212,14 @@ def main():
             module.fail_json(msg="only names services the record does not have: %s" % ", ".join(unknown))
         recorded = {name: recorded[name] for name in params["only"]}
 
-    client = docker_client(module)
-    restore = ImageRestore(module, client, project, recorded)
-    live = restore.verify()
-    restore.apply()
-
-    plan = restore.plan
-    recreate = sorted(name for name, step in plan.items() if step["needs_recreate"])
-    result = dict(
-        changed=any(step["retagged"] for step in plan.values()),
-        snapshot_id=snapshot_id,
-        project_name=project.name,
-        services=plan,
-        recreate=recreate,
-        unchanged=sorted(name for name, step in plan.items()
-                         if not step["retagged"] and not step["needs_recreate"]),
-        not_in_snapshot=sorted(set(live) - set(all_recorded)),
-        actions=restore.actions,
-        diff=dict(
-            before="".join("%s: %s\n" % (n, s["before_image_id"]) for n, s in sorted(plan.items())),
-            after="".join("%s: %s\n" % (n, s["after_image_id"]) for n, s in sorted(plan.items())),
-        ),
-    )
-    if params["recreate"] and recreate and not module.check_mode:
-        try:
-            up = _services.bring_up(project, client, recreate, wait=params["wait"], wait_timeout=params["wait_timeout"],
-                                    recreate="always", stop_timeout=params["stop_timeout"])
-        except ComposeError as exc:
-            fail_compose(module, exc, **result)
-        result.update(changed=True, recreated=up["services"], ready=up.get("ready"), wait_s=up["wait_s"],
-                      cmd=up["cmd"], stdout=up["stdout"], stderr=up["stderr"])
-        if up.get("ready") is False:
-            module.fail_json(msg="images restored, but " + _services.not_ready_msg(up), **result)
-    module.exit_json(**result)
+    try:
+        result = restore_images(docker_client(module), project, recorded, all_recorded,
+                                tag_replaced=params["tag_replaced"], recreate=params["recreate"], wait=params["wait"],
+                                wait_timeout=params["wait_timeout"], stop_timeout=params["stop_timeout"],
+                                check_mode=module.check_mode)
+    except StepError as exc:
+        fail_step(module, exc, snapshot_id=snapshot_id)
+    module.exit_json(snapshot_id=snapshot_id, **result)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,11 @@ description:
     last known good; manifest and file checksums, bad marker) and compares it with what runs (configuration files,
     images, git commit), returned as RV(target) - so that one module run does what a rollback needs before it
     changes anything.
+  - With O(apply_first=true), when the plan's first attempt is the image tier alone, the same module run then
+    applies it the way M(lastgood.rollback.compose_image_restore) does with recreation - every image verified
+    before the first tag moves, only the services that run another image recreated, without waiting (the
+    attempt's gate does the waiting) - and records C(<first_step>:images) in the journal. An image-only
+    rollback then needs no separate module run between the lock and the gate.
   - O(state=begin) takes the project's lock (C(<backup_root>/<project>/rollback.lock)). A lock held by a live
     run refuses this one at once, naming the holder's host, pid, user, start time and reason. A lock whose
     holder is dead (same machine, process gone) or whose lease ran out (another machine) is taken over.
@@ -39,6 +44,7 @@ attributes:
     support: full
     details:
       - O(state=begin) reports whether the lock could be taken and what would be resumed; nothing is written.
+      - With O(apply_first=true), the image tier's plan (tags to move, services to recreate) is returned in RV(applied).
   diff_mode:
     support: none
 options:
@@ -56,6 +62,14 @@ options:
   first_step:
     description: With O(state=begin), a step recorded as C(started) in a new journal (saves a module run).
     type: str
+  apply_first:
+    description:
+      - With O(state=begin), O(project_dir) and O(first_step), apply the first attempt in this run when it is the
+        image tier alone and the run is new (a resumed run leaves its steps to the caller). See RV(applied).
+      - A failure of the tier fails the module with the tier's message; the lock stays held and the journal records
+        the step as C(failed), so the caller can close the run with O(state=finish).
+    type: bool
+    default: false
   steps:
     description:
       - With O(state=step) or O(state=finish), several records (C(step), C(status), C(data)) written at once; with
@@ -211,6 +225,14 @@ done:
   description: Steps already done in this run, with the data they recorded.
   returned: success
   type: dict
+applied:
+  description:
+    - With O(apply_first=true), the tier applied in this run - C(tier), C(step), C(changed),
+      C(services_changed) (the recreated services), C(summary_lines) (what was done) and C(services) (per
+      service what M(lastgood.rollback.compose_image_restore) returns) - or null when the first attempt was
+      left to the caller.
+  returned: when O(state=begin)
+  type: dict
 holder:
   description: Who holds the lock now (O(state=status)), or null.
   returned: when O(state=status)
@@ -251,7 +273,6 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._compose import 
     load_project,
     resolve_project_name,
 )
-from ansible_collections.lastgood.rollback.plugins.module_utils._docker import docker_client
 from ansible_collections.lastgood.rollback.plugins.module_utils import _orchestrate as orch
 from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import (
     BACKUP_ROOT_ARGUMENT_SPEC,
@@ -260,24 +281,58 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import
     project_root,
     utc_now,
 )
-from ansible_collections.lastgood.rollback.plugins.module_utils._state import compare_with_manifest
 
 
-def assess(module):
-    """The verified target snapshot and what differs from it now (fails the module with one line)."""
-    params = module.params
-    project = load_project(module, params)
-    try:
-        snapshot_id, directory, manifest = load_verified_snapshot(
-            params["backup_root"], params["project_name"] or project.name, params["snapshot_id"])
-    except ManifestError as exc:
-        module.fail_json(msg=str(exc))
-    differences = compare_with_manifest(module, project, docker_client(module), manifest)
-    return dict(snapshot_id=snapshot_id, snapshot_dir=directory, project_name=params["project_name"] or project.name,
-                created_at=manifest.get("created_at"), git=manifest.get("git"), differences=differences)
+class Assessment:
+    """The verified target snapshot, what differs from it now (RV(target)), and what a tier applied
+    in the same run needs (the project, the Docker client, the manifest)."""
+
+    def __init__(self, module):
+        # The Docker SDK is imported only by a run that assesses: step and finish, which only
+        # write the run's records, start faster without it.
+        from ansible_collections.lastgood.rollback.plugins.module_utils._docker import docker_client
+        from ansible_collections.lastgood.rollback.plugins.module_utils._state import compare_with_manifest
+
+        params = module.params
+        self.project = load_project(module, params)
+        try:
+            snapshot_id, directory, self.manifest = load_verified_snapshot(
+                params["backup_root"], params["project_name"] or self.project.name, params["snapshot_id"])
+        except ManifestError as exc:
+            module.fail_json(msg=str(exc))
+        self.client = docker_client(module)
+        differences = compare_with_manifest(module, self.project, self.client, self.manifest)
+        self.target = dict(snapshot_id=snapshot_id, snapshot_dir=directory,
+                           project_name=params["project_name"] or self.project.name,
+                           created_at=self.manifest.get("created_at"), git=self.manifest.get("git"),
+                           differences=differences)
+
+    def apply_images(self, module, root, journal):
+        """The image tier as the run's first attempt (lock held, journal open); what it did."""
+        from ansible_collections.lastgood.rollback.plugins.module_utils._errors import StepError
+        from ansible_collections.lastgood.rollback.plugins.module_utils._images import restore_images
+
+        name = "%s:images" % module.params["first_step"]
+        try:
+            result = restore_images(self.client, self.project, self.manifest.get("services") or {}, recreate=True,
+                                    wait=False, check_mode=module.check_mode)
+        except StepError as exc:
+            orch.record_step(journal, name, "failed", {"msg": exc.msg})
+            if not module.check_mode:
+                orch.save_journal(root, journal)
+            details = dict(exc.result)
+            details.update(run_id=journal["run_id"], journal=journal, done=orch.done_steps(journal), lock="held",
+                           target=self.target, applied=dict(tier="images", step=name, failed=True))
+            module.fail_json(msg=exc.msg, **details)
+        data = dict(changed=result["changed"], services_changed=result["recreate"], summary_lines=result["actions"])
+        orch.record_step(journal, name, "done", data)
+        if not module.check_mode:
+            orch.save_journal(root, journal)
+        return dict(data, tier="images", step=name, services=result["services"])
 
 
-def begin(module, root, holder, hostname, target=None):
+def begin(module, root, holder, hostname, assessment=None):
+    target = assessment.target if assessment else None
     params = module.params
     if target and params["differences"] is None:
         params["differences"] = target["differences"]
@@ -292,6 +347,7 @@ def begin(module, root, holder, hostname, target=None):
                 close_interrupted(module, root, stale, hostname)
     journal = orch.load_journal(root, params["kind"])
     resumed = False
+    applied = None
     if journal is None:
         plan = dict(params["plan"] or {})
         if params["tier"]:
@@ -307,6 +363,9 @@ def begin(module, root, holder, hostname, target=None):
             orch.record_step(journal, params["first_step"], "started")
         if not module.check_mode:
             orch.save_journal(root, journal)
+        attempts = journal.get("plan", {}).get("attempts") or []
+        if params["apply_first"] and assessment and params["first_step"] and attempts and attempts[0] == ["images"]:
+            applied = assessment.apply_images(module, root, journal)
     elif lock_state != "reentered":
         resumed = True
         last = journal["steps"][-1]["step"] if journal.get("steps") else "begin"
@@ -314,9 +373,10 @@ def begin(module, root, holder, hostname, target=None):
         if not module.check_mode:
             orch.save_journal(root, journal)
     extra = dict(target=target) if target else {}
-    return dict(extra, changed=lock_state != "reentered" and not module.check_mode, lock=lock_state,
-                took_over=previous if lock_state == "taken_over" else None, resumed=resumed,
-                run_id=journal["run_id"], journal=journal, done=orch.done_steps(journal))
+    changed = (lock_state != "reentered" and not module.check_mode) or bool(applied and applied["changed"])
+    return dict(extra, changed=changed, lock=lock_state, took_over=previous if lock_state == "taken_over" else None,
+                resumed=resumed, applied=applied, run_id=journal["run_id"], journal=journal,
+                done=orch.done_steps(journal))
 
 
 def close_interrupted(module, root, journal, hostname):
@@ -421,6 +481,7 @@ def main():
             state=dict(type="str", required=True, choices=["begin", "step", "finish", "status"]),
             snapshot_id=dict(type="str"),
             first_step=dict(type="str"),
+            apply_first=dict(type="bool", default=False),
             started_epoch=dict(type="float"),
             steps=dict(type="list", elements="dict"),
             kind=dict(type="str", default="rollback", choices=["rollback", "deploy", "emergency"]),
@@ -447,9 +508,9 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    target = assess(module) if (params["state"] == "begin" and params["project_dir"]) else None
-    if target:
-        params["project_name"] = target["project_name"]
+    assessment = Assessment(module) if (params["state"] == "begin" and params["project_dir"]) else None
+    if assessment:
+        params["project_name"] = assessment.target["project_name"]
     elif not params["project_name"]:
         params["project_name"] = resolve_project_name(module, params)
     hostname = socket.gethostname()
@@ -459,7 +520,7 @@ def main():
     try:
         root = project_root(params["backup_root"], params["project_name"])
         if params["state"] == "begin":
-            result = begin(module, root, holder, hostname, target)
+            result = begin(module, root, holder, hostname, assessment)
         elif params["state"] == "step":
             result = step(module, root, holder)
         elif params["state"] == "finish":

@@ -86,8 +86,9 @@ def test_escalation_to_the_full_tier_resumes_after_a_kill_and_restores_the_data(
     interrupted = ansible_run.kill_at_journal_step(
         "rollback", full.inventory, journal, "attempt-2:full:safety_snapshot", status="done",
         extra_vars={"lastgood_confirm": True, "lastgood_reason": "release 2 lost orders"})
-    assert [(s["step"], s["status"]) for s in interrupted["steps"]][:3] == [
-        ("attempt-1", "started"), ("attempt-1", "done"), ("attempt-2", "started")]
+    # The image tier ran in the run's first module run and is journaled as a step of its own.
+    assert [(s["step"], s["status"]) for s in interrupted["steps"]][:4] == [
+        ("attempt-1", "started"), ("attempt-1:images", "done"), ("attempt-1", "done"), ("attempt-2", "started")]
     assert len(safety_snapshots(full)) == 1
 
     run = ansible_run.run_playbook("rollback", full.inventory, extra_vars={"lastgood_confirm": True}, timeout=600)

@@ -157,7 +157,13 @@ def test_auto_rolls_an_image_breakage_back_with_the_image_tier_and_records_it(or
     assert "attempt-1" in line["step_durations_s"]
     report = (orch.root / "runs" / line["run_id"] / "report.md").read_text()
     assert "SUCCESS" in report and "images" in report and "v2 fails /health" in report
-    assert (orch.root / "runs" / line["run_id"] / "journal.json").exists()
+    # The image tier ran inside the run's first module run, and the journal says so.
+    steps = json.loads((orch.root / "runs" / line["run_id"] / "journal.json").read_text())["steps"]
+    tier_steps = [step for step in steps if step["step"] == "attempt-1:images"]
+    assert [step["status"] for step in tier_steps] == ["done"], steps
+    assert tier_steps[0]["data"]["services_changed"] == ["app"]
+    assert outcome["services_changed"] == ["app"]
+    assert "images: recreate app" in run.stdout, run.describe()
     assert not (orch.root / "journal.json").exists() and not (orch.root / "rollback.lock").exists()
     prom = (metrics / ("lastgood_%s.prom" % orch.stack.project)).read_text()
     assert 'lastgood_rollbacks_total{project="%s",result="success",tier="images"} 1' % orch.stack.project in prom, prom
@@ -249,3 +255,37 @@ def test_the_full_tier_without_confirmation_is_refused_and_changes_nothing(orch)
     assert orch.audit()[-1]["result"] == "failed"
     assert not any(s for s in orch.root.iterdir() if s.name.startswith("2") and (s / "BAD").exists()
                    and "safety" in (s / "manifest.json").read_text()), "a safety snapshot was taken"
+
+
+def test_an_image_tier_that_fails_after_the_lock_closes_the_run_and_changes_nothing(orch, docker_client):
+    """The image tier applied by the run's first module run verifies every image before the first
+    tag moves; a recorded image gone from the host fails the run with one line, changes nothing,
+    and the run is still closed: audit line, journal archived with the failed step, lock released."""
+    project = orch.stack.project
+    v3_id = ansible_run.throwaway_image(docker_client, stacks.APP_V1, "lastgood-test/app", project + "-v3", project)
+    try:
+        orch.stack.tag_app(v3_id)
+        orch.stack.compose("up", "-d", "--no-deps", "app")
+        stacks.wait_until(lambda: orch.stack.image_id("app") == v3_id, 30, message="app runs v3")
+        snapshot = ansible_run.run_playbook("snapshot", orch.inventory)
+        assert snapshot.rc == 0, snapshot.describe()
+        orch.break_app()
+        ansible_run.remove_snapshot_pins(docker_client, orch.backup_root)
+        ansible_run.remove_image(docker_client, v3_id)
+        before = orch.containers()
+        audit_lines = len(orch.audit())
+
+        run = orch.run()
+        assert run.rc != 0
+        msg = run.failure_msg()
+        assert "nothing changed" in msg and "no longer present locally" in msg, run.describe()
+        assert orch.containers() == before and orch.stack.image_id("app") == orch.v2_id
+        assert not (orch.root / "rollback.lock").exists(), "the failed run kept the lock"
+        assert not (orch.root / "journal.json").exists(), "the failed run's journal was left to resume"
+        audit = orch.audit()
+        assert len(audit) == audit_lines + 1 and audit[-1]["result"] == "failed"
+        steps = json.loads((orch.root / "runs" / audit[-1]["run_id"] / "journal.json").read_text())["steps"]
+        assert [s["status"] for s in steps if s["step"] == "attempt-1:images"] == ["failed"], steps
+        assert run.outcome()["result"] == "failed"
+    finally:
+        ansible_run.remove_image(docker_client, v3_id)
