@@ -121,3 +121,21 @@ def test_escalation_to_the_full_tier_resumes_after_a_kill_and_restores_the_data(
         assert expected in names, names
     assert names.index("attempt-2:full:databases") < names.index("attempt-2:full:stage-2")
     assert not (full.root / "rollback.lock").exists()
+
+
+def test_the_rollback_full_playbook_runs_the_tier_on_its_own(full, docker_client):
+    """playbooks/rollback_full.yml: the role alone goes through the orchestrator with tier full."""
+    full.stack.tag_app(full.v2_id)
+    full.stack.compose("up", "-d", "--no-deps", "app")
+    stacks.wait_until(lambda: full.stack.image_id("app") == full.v2_id, 30, message="app runs v2")
+    with psycopg2.connect(dbname="app", **full.connect) as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM orders WHERE id > 10")
+    assert count_orders(full.connect) == 10
+
+    run = ansible_run.run_playbook("rollback_full", full.inventory, extra_vars={"lastgood_confirm": True}, timeout=600)
+    assert run.rc == 0, run.describe()
+    assert count_orders(full.connect) == ROWS
+    assert full.stack.image_id("app") == full.v1_id
+    line = [json.loads(x) for x in (full.root / "audit.jsonl").read_text().splitlines()][-1]
+    assert line["result"] == "success" and line["tiers"] == ["full"], line
+    assert not (full.root / "rollback.lock").exists()
