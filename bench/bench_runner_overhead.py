@@ -134,5 +134,6 @@ def main():
              runner - base - fixed))
     return 0 if overhead <= TARGET_PCT else 1
 
+
 if __name__ == "__main__":
     sys.exit(main())
