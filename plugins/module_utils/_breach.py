@@ -675,54 +675,6 @@ def parse_moment(text):
     return moment.astimezone(datetime.timezone.utc)
 
 
-def select_snapshot(backup_root, project_name, before, manifest_utils, data_utils, missing_images=None):
-    """The newest snapshot created before `before` whose manifest, file copies and data
-    archives verify, which is not marked bad and (with `missing_images`, a function of a
-    manifest returning the services whose image is gone) whose images are all present:
-    (id, directory, manifest, skipped), where skipped lists {id, reason} of newer candidates
-    that were passed over.
-
-    `manifest_utils`/`data_utils` are the collection's _manifest and _snapshot_data modules
-    (passed in to keep this module importable without them in unit tests).
-    """
-    moment = parse_moment(before)
-    root = manifest_utils.project_root(backup_root, project_name)
-    skipped = []
-    for snapshot_id in reversed(manifest_utils.list_snapshots(root)):
-        directory = os.path.join(root, snapshot_id)
-        try:
-            manifest = manifest_utils.load_manifest(directory)
-        except manifest_utils.ManifestError as exc:
-            skipped.append({"id": snapshot_id, "reason": str(exc)})
-            continue
-        try:
-            created = parse_moment(manifest.get("created_at"))
-        except BreachError:
-            skipped.append({"id": snapshot_id, "reason": "no valid created_at in its manifest"})
-            continue
-        if created >= moment:
-            skipped.append({"id": snapshot_id, "reason": "taken after the breach time"})
-            continue
-        try:
-            manifest_utils.load_verified_snapshot(backup_root, project_name, snapshot_id)
-        except manifest_utils.ManifestError as exc:
-            skipped.append({"id": snapshot_id, "reason": str(exc)})
-            continue
-        damaged = data_utils.damaged_artifacts(directory, manifest)
-        if damaged:
-            skipped.append({"id": snapshot_id, "reason": "data archives do not match their sha256: %s" % ", ".join(damaged)})
-            continue
-        gone = missing_images(manifest) if missing_images else []
-        if gone:
-            skipped.append({"id": snapshot_id, "reason": "images no longer present for %s" % ", ".join(gone)})
-            continue
-        return snapshot_id, directory, manifest, skipped
-    raise BreachError("no verified snapshot of %s was taken before the breach time %s%s; nothing was stopped"
-                      % (project_name, utc_stamp(moment.timestamp()),
-                         " (passed over: %s)" % "; ".join("%s: %s" % (s["id"], s["reason"]) for s in skipped[:5])
-                         if skipped else " (no snapshots under %s)" % root))
-
-
 # -- evidence ---------------------------------------------------------------------------------
 
 def sha256_path(path):

@@ -123,7 +123,6 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._breach import (
     append_step,
     changed_files,
     parse_moment,
-    select_snapshot,
     write_atomic,
     write_sums,
 )
@@ -131,7 +130,8 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._compose import 
     PROJECT_LOOKUP_ARGUMENT_SPEC,
     resolve_project_name,
 )
-from ansible_collections.lastgood.rollback.plugins.module_utils._docker import docker_client, image_id, one_line, project_containers
+from ansible_collections.lastgood.rollback.plugins.module_utils._docker import docker_client, one_line, project_containers
+from ansible_collections.lastgood.rollback.plugins.module_utils._emergency import image_checker, select_snapshot
 from ansible_collections.lastgood.rollback.plugins.module_utils._errors import fail_step
 
 try:
@@ -140,9 +140,9 @@ except ImportError:  # reported by docker_client()
     DockerException = Exception
 
 
-def choose(params, project_name, missing_images=None):
-    """The snapshot to restore (and the newer ones passed over); `missing_images(manifest)` names
-    the services whose recorded image is gone, so a snapshot the restore would refuse is never chosen."""
+def choose(params, project_name, image_present=None):
+    """The snapshot to restore (and the newer ones passed over); with `image_present(image_id)`,
+    a snapshot whose recorded images are gone (the restore would refuse it) is never chosen."""
     if params["snapshot_id"]:
         try:
             snapshot_id, directory, manifest = _manifest.load_verified_snapshot(
@@ -152,7 +152,8 @@ def choose(params, project_name, missing_images=None):
         damaged = _snapshot_data.damaged_artifacts(directory, manifest)
         if damaged:
             raise BreachError("snapshot %s: data archives do not match their sha256: %s" % (snapshot_id, ", ".join(damaged)))
-        gone = missing_images(manifest) if missing_images else []
+        gone = sorted(name for name, entry in (manifest.get("services") or {}).items()
+                      if image_present and (not entry.get("image_id") or not image_present(entry["image_id"])))
         if gone:
             raise BreachError("snapshot %s cannot be restored: images no longer present for %s" % (snapshot_id, ", ".join(gone)))
         if params["before"] and parse_moment(manifest.get("created_at")) >= parse_moment(params["before"]):
@@ -160,8 +161,17 @@ def choose(params, project_name, missing_images=None):
         return snapshot_id, directory, manifest, []
     if not params["before"]:
         raise BreachError("give the breach time (before) or a snapshot_id")
-    return select_snapshot(params["backup_root"], project_name, params["before"], _manifest, _snapshot_data,
-                           missing_images=missing_images)
+    # The same walk back as an emergency recovery's (lastgood.rollback.snapshot_select), bounded by the breach time.
+    moment = parse_moment(params["before"])
+    root = _manifest.project_root(params["backup_root"], project_name)
+    found = select_snapshot(root, before=moment, image_present=image_present)
+    if found["snapshot_id"] is None:
+        skipped = found["skipped"]
+        raise BreachError("no verified snapshot of %s was taken before the breach time %s%s; nothing was stopped"
+                          % (project_name, params["before"],
+                             " (passed over: %s)" % "; ".join("%s: %s" % (s["id"], s["reason"]) for s in skipped[:5])
+                             if skipped else " (no snapshots under %s)" % root))
+    return found["snapshot_id"], os.path.join(root, found["snapshot_id"]), found["manifest"], found["skipped"]
 
 
 def git_state(module, project_dir):
@@ -215,11 +225,8 @@ def main():
     project_name = resolve_project_name(module, params)
     client = docker_client(module)
 
-    def missing_images(manifest):
-        return sorted(name for name, entry in (manifest.get("services") or {}).items()
-                      if not entry.get("image_id") or image_id(client, entry["image_id"]) is None)
     try:
-        snapshot_id, _directory, manifest, skipped = choose(params, project_name, missing_images)
+        snapshot_id, _directory, manifest, skipped = choose(params, project_name, image_checker(client))
     except BreachError as exc:
         fail_step(module, exc, changed=False)
     evidence = os.path.join(params["dest"], "evidence")

@@ -492,7 +492,7 @@ def test_a_newer_snapshot_that_does_not_verify_is_passed_over(breach, tmp_path):
     plan = bs.run_module_direct("evidence_capture", args, check=True)
     assert plan["snapshot_id"] == breach.snapshot_id, plan
     assert plan["passed_over"] == [{"id": breach.snapshot_id + "-b",
-                                    "reason": "data archives do not match their sha256: databases/app.dump"}]
+                                    "reason": "data artifacts missing or not matching their sha256: databases/app.dump"}]
     assert not (tmp_path / "incident").exists()
     pg_server.flip_byte(root / breach.snapshot_id / "databases" / "app.dump", 100)
     refused = bs.run_module_direct("evidence_capture", args)
