@@ -46,7 +46,9 @@ attributes:
       - O(state=begin) reports whether the lock could be taken and what would be resumed; nothing is written.
       - With O(apply_first=true), the image tier's plan (tags to move, services to recreate) is returned in RV(applied).
   diff_mode:
-    support: none
+    support: partial
+    details:
+      - With O(apply_first=true) and the image tier applied, the image ID each service's reference names before and after.
 options:
   state:
     description: What to do.
@@ -328,7 +330,7 @@ class Assessment:
         orch.record_step(journal, name, "done", data)
         if not module.check_mode:
             orch.save_journal(root, journal)
-        return dict(data, tier="images", step=name, services=result["services"])
+        return dict(data, tier="images", step=name, services=result["services"], diff=result["diff"])
 
 
 def begin(module, root, holder, hostname, assessment=None):
@@ -374,6 +376,8 @@ def begin(module, root, holder, hostname, assessment=None):
             orch.save_journal(root, journal)
     extra = dict(target=target) if target else {}
     changed = (lock_state != "reentered" and not module.check_mode) or bool(applied and applied["changed"])
+    if applied:
+        extra["diff"] = applied.pop("diff")
     return dict(extra, changed=changed, lock=lock_state, took_over=previous if lock_state == "taken_over" else None,
                 resumed=resumed, applied=applied, run_id=journal["run_id"], journal=journal,
                 done=orch.done_steps(journal))
