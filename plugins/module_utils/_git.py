@@ -146,19 +146,11 @@ class Repo:
     def status(self):
         """[(XY code, path)] of uncommitted and untracked changes (ignored files are not work)."""
         out = self.run(["status", "--porcelain=v1", "-z", "--untracked-files=all"], what="status")
-        fields = out.split("\0")
         entries = []
-        index = 0
-        while index < len(fields):
-            field = fields[index]
-            index += 1
-            if len(field) < 4:
-                continue
-            code, path = field[:2], field[3:]
+        for code, path, source in parse_status_z(out):
             entries.append((code, path))
-            if code[0] in "RC":  # a rename or copy is followed by its source path
-                entries.append((code, fields[index]))
-                index += 1
+            if source is not None:
+                entries.append((code, source))
         return entries
 
     def commits(self, revision_range):
@@ -205,6 +197,24 @@ class Repo:
     def tags_at(self, commit, prefix):
         out = self.value(["tag", "--list", "--points-at", commit, prefix + "*"]) or ""
         return sorted(line for line in out.splitlines() if line)
+
+
+def parse_status_z(out):
+    """[(XY code, path, source path of a rename or copy or None)] from `git status --porcelain=v1 -z`."""
+    fields = out.split("\0")
+    entries = []
+    index = 0
+    while index < len(fields):
+        field = fields[index]
+        index += 1
+        if len(field) < 4:
+            continue
+        source = None
+        if field[0] in "RC" and index < len(fields):  # a rename or copy is followed by its source path
+            source = fields[index]
+            index += 1
+        entries.append((field[:2], field[3:], source))
+    return entries
 
 
 def status_lines(entries):

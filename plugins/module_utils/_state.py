@@ -11,7 +11,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._docker import (
     normalize_reference,
     project_containers,
 )
-from ansible_collections.lastgood.rollback.plugins.module_utils._git import git_state
+from ansible_collections.lastgood.rollback.plugins.module_utils._git import git_state, parse_status_z
 from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import sha256_file
 
 
@@ -57,16 +57,7 @@ def dirty_paths(module, directory, exclude=()):
     prefix_rc, prefix, _err = module.run_command([git, "-C", directory, "rev-parse", "--show-prefix"])
     prefix = prefix.strip() if prefix_rc == 0 else ""
     paths = []
-    entries = out.split("\0")
-    index = 0
-    while index < len(entries):
-        entry = entries[index]
-        index += 1
-        if len(entry) < 4:
-            continue
-        if entry[0] in "RC":  # a rename or copy is followed by its source path
-            index += 1
-        path = entry[3:]
+    for _code, path, _source in parse_status_z(out):
         if prefix and path.startswith(prefix):
             path = path[len(prefix):]
         if path not in exclude:

@@ -184,3 +184,10 @@ def test_source_services_follow_the_build_context(tmp_path):
     assert _git.source_services(str(tmp_path), services, ["web/index.html"], str(tmp_path)) == (["api", "web"], ["web"])
     assert _git.source_services(str(tmp_path), services, ["docker/api.Dockerfile"], str(tmp_path)) == (["api", "web"], ["api"])
     assert _git.source_services(str(tmp_path), services, ["README"], str(tmp_path)) == (["api", "web"], [])
+
+
+def test_parse_status_z_keeps_the_source_of_a_rename_with_its_entry():
+    out = " M app.py\0R  new.conf\0old.conf\0?? notes.txt\0"
+    assert _git.parse_status_z(out) == [
+        (" M", "app.py", None), ("R ", "new.conf", "old.conf"), ("??", "notes.txt", None)]
+    assert _git.parse_status_z("") == []
