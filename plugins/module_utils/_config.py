@@ -32,6 +32,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import
     isoformat,
     load_manifest,
     sha256_file,
+    write_atomic,
 )
 
 ROLLBACKS_DIR = "rollbacks"
@@ -219,20 +220,9 @@ def write_record(record_dir, project_dir, plan, snapshot_id, project_name, momen
 def install(project_dir, staging, rel, mode):
     """Rename the staged file into place (a temporary file in the target directory first)."""
     target = os.path.join(project_dir, rel)
-    directory = os.path.dirname(target)
-    os.makedirs(directory, mode=0o750, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".lastgood-restore-")
-    try:
-        with os.fdopen(fd, "wb") as handle, open(os.path.join(staging, rel), "rb") as source:
-            shutil.copyfileobj(source, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    os.makedirs(os.path.dirname(target), mode=0o750, exist_ok=True)
+    with open(os.path.join(staging, rel), "rb") as source:
+        write_atomic(target, source.read(), mode, prefix=".lastgood-restore-")
 
 
 # -- project name without a working compose file -----------------------------------------------

@@ -136,11 +136,15 @@ def write_bad_marker(snapshot_dir, reason, moment):
                   json.dumps({"reason": reason, "marked_at": isoformat(moment)}, indent=2) + "\n")
 
 
-def write_atomic(path, data, mode=0o640):
-    """Write text or bytes to `path` through a synced temporary file in the same directory, then rename."""
+def write_atomic(path, data, mode=0o640, prefix=".tmp-"):
+    """Write text or bytes to `path` through a synced temporary file in the same directory, then rename.
+
+    The temporary name starts with `prefix` and ends in random characters, so that a reader of
+    a pattern such as `*.prom` or `*.conf` never picks it up.
+    """
     if isinstance(data, str):
         data = data.encode("utf-8")
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=prefix)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

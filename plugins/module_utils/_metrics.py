@@ -18,8 +18,9 @@ import fcntl
 import math
 import os
 import re
-import tempfile
 import time
+
+from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import write_atomic
 
 KINDS = ("rollback", "deploy")
 
@@ -186,20 +187,7 @@ def write_textfile(directory, basename, samples, families=None):
     text = render(samples, families)
     if not os.path.isdir(directory):
         raise MetricsError("metrics directory %s does not exist" % directory)
-    handle, temporary = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)
-        os.rename(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
+    write_atomic(path, text, 0o644, prefix=".%s." % os.path.basename(path))
     return path
 
 
