@@ -17,7 +17,7 @@ import shutil
 import sys
 import time
 
-from bench_rollback_images import healthy
+from bench_rollback_images import healthy, wait_healthy
 from common import REPO, Stack, docker_client, empty_playbook, floor_summary, playbook, temp_dir, write_inventory
 from config_support import ConfigStack  # noqa: E402  (tests/integration is on the path through common)
 
@@ -47,12 +47,7 @@ def floor_seconds(stack: Stack, good_env: bytes) -> float:
     started = time.monotonic()
     (stack.dir / ".env").write_bytes(good_env)
     stack.compose("up", "-d", "--no-deps", "app")
-    deadline = started + 60
-    while not healthy(health):
-        if time.monotonic() > deadline:
-            raise RuntimeError("floor: app never answered healthy")
-        time.sleep(0.02)
-    return time.monotonic() - started
+    return wait_healthy(health, started)
 
 
 def main():

@@ -32,6 +32,15 @@ def healthy(url):
         return False
 
 
+def wait_healthy(url, started, timeout=60):
+    """Poll `url` until it answers 200; the seconds since `started` (the floor's clock)."""
+    while not healthy(url):
+        if time.monotonic() > started + timeout:
+            raise RuntimeError("floor: app never answered healthy")
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
 def deploy(stack: Stack, image: str):
     """Move the app's tag and recreate it, then wait until the new version answers: a container
     stopped before its process installed its SIGTERM handler would wait out the grace period."""
@@ -58,12 +67,7 @@ def floor_seconds(stack: Stack) -> float:
     started = time.monotonic()
     subprocess.run(["docker", "tag", "lastgood-demo/app:v1", f"{repo}:{tag}"], check=True)
     stack.compose("up", "-d", "--no-deps", "app")
-    deadline = started + 60
-    while not healthy(health):
-        if time.monotonic() > deadline:
-            raise RuntimeError("floor: app never answered healthy")
-        time.sleep(0.02)
-    return time.monotonic() - started
+    return wait_healthy(health, started)
 
 
 def main():
