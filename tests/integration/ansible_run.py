@@ -277,6 +277,27 @@ def run_playbook(name, inventory, extra_vars=None, check=False, env=None, timeou
                                 check=check, env=env, timeout=timeout)
 
 
+class PlaybookScenario:
+    """Playbooks run in order against one stack: each run, and what state() saw right after it."""
+
+    def __init__(self, stack, client, work):
+        self.stack = stack
+        self.client = client
+        self.work = work
+        self.backup_root = work / "backups"
+        self.inventory = write_inventory(work, stack_host_vars(stack, self.backup_root))
+        self.states = {}
+        self.runs = {}
+
+    def state(self):
+        raise NotImplementedError
+
+    def step(self, label, playbook, **kwargs):
+        self.runs[label] = run_playbook(playbook, self.inventory, **kwargs)
+        self.states[label] = self.state()
+        return self.runs[label]
+
+
 def kill_at_journal_step(playbook, inventory, journal, step, status="started", extra_vars=None, timeout=240):
     """Run playbooks/<playbook>.yml and SIGKILL it (its whole process group) as soon as the run's
     journal file records `step` with `status`: an interruption at a chosen point. Returns the

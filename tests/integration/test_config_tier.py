@@ -37,27 +37,13 @@ def file_tree(directory):
     return ansible_run.tree_state(directory)
 
 
-class Scenario:
-    def __init__(self, stack, client, work):
-        self.stack = stack
-        self.client = client
-        self.work = work
-        self.backup_root = work / "backups"
-        self.inventory = ansible_run.write_inventory(work, ansible_run.stack_host_vars(stack, self.backup_root))
-        self.states = {}
-        self.runs = {}
-
+class Scenario(ansible_run.PlaybookScenario):
     def state(self):
         return {
             "containers": ansible_run.project_containers(self.client, self.stack.project),
             "project": {rel: digest for rel, digest in file_tree(self.stack.dir).items() if not rel.startswith(".git")},
             "backups": file_tree(self.backup_root),
         }
-
-    def step(self, label, playbook, **kwargs):
-        self.runs[label] = ansible_run.run_playbook(playbook, self.inventory, **kwargs)
-        self.states[label] = self.state()
-        return self.runs[label]
 
 
 @pytest.fixture(scope="module")

@@ -23,25 +23,14 @@ except ImportError:
 ROLLED_BACK_TAG = re.compile(r"lastgood-demo/app:rolled-back-\d{8}T\d{6}Z(-\d+)?")
 
 
-class Scenario:
+class Scenario(ansible_run.PlaybookScenario):
     def __init__(self, stack, client, work):
-        self.stack = stack
-        self.client = client
-        self.work = work
-        self.backup_root = work / "backups"
-        self.inventory = ansible_run.write_inventory(work, ansible_run.stack_host_vars(stack, self.backup_root))
+        super().__init__(stack, client, work)
         self.v2_id = None
-        self.states = {}
-        self.runs = {}
 
     def state(self):
         watched = (self.v2_id,) if self.v2_id else ()
         return ansible_run.stack_state(self.client, self.stack, self.backup_root, watched_images=watched)
-
-    def step(self, label, playbook, **kwargs):
-        self.runs[label] = ansible_run.run_playbook(playbook, self.inventory, **kwargs)
-        self.states[label] = self.state()
-        return self.runs[label]
 
 
 @pytest.fixture(scope="module")
