@@ -15,12 +15,15 @@ this helper writes the same pieces:
                       plus awx_* job variables
   env/envvars         what the job's credentials inject (passwords travel as env vars)
   env/cmdline         "--check" for a job of type check
+  env/settings        the runner settings AWX passes: output only as job events (no stdout
+                      file, nothing echoed), the template's timeout
 
 and runs `ansible-runner run <dir> -p <playbook>` in a process of its own with a clean
 environment, as AWX runs it in the execution environment. The collection comes from this
 checkout's .collections (ANSIBLE_COLLECTIONS_PATH), as an EE would have it installed.
-What the run reports is read from artifacts/<ident>/: status, rc, stdout and job_events/,
-whose playbook_on_stats event carries the set_stats data AWX shows as the job's artifacts.
+What the run reports is read from artifacts/<ident>/: status, rc and job_events/,
+whose playbook_on_stats event carries the set_stats data AWX shows as the job's artifacts,
+and whose stdout fields, in order, are the output AWX shows.
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ HOST = "target"
 
 # AWX job types and what they add to the ansible-playbook command line.
 JOB_TYPE_ARGS = {"run": [], "check": ["--check"]}
+
+# What AWX passes ansible-runner as settings for a job (awx/main/tasks/jobs.py): it reads the
+# output from the job events only, and the job template's timeout (0: none).
+AWX_RUNNER_SETTINGS = {"job_timeout": 0, "suppress_ansible_output": True, "suppress_output_file": True}
 
 
 def runner_env(extra=None):
@@ -117,6 +124,7 @@ class AwxJob:
         envvars = job.dir / "env" / "envvars"
         envvars.write_text(json.dumps(credentials or {}))
         envvars.chmod(0o600)
+        (job.dir / "env" / "settings").write_text(json.dumps(AWX_RUNNER_SETTINGS))
         if JOB_TYPE_ARGS[job_type]:
             (job.dir / "env" / "cmdline").write_text(" ".join(JOB_TYPE_ARGS[job_type]))
         return job
@@ -158,7 +166,9 @@ class AwxJob:
 
     @property
     def stdout(self):
-        return self._artifact_text("stdout") or ""
+        """The job's output as AWX shows it: the stdout of its events, in order (AWX has
+        ansible-runner write no stdout file)."""
+        return "\n".join(event["stdout"] for event in self.events if event.get("stdout"))
 
     def shown_text(self):
         """Everything AWX shows of the job: its output and every job event, for leak checks.
