@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import socket
 import time
 
 from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import (
@@ -31,6 +32,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import
     isoformat,
     list_snapshots,
     load_manifest,
+    project_root,
     utc_now,
     write_bad_marker,
 )
@@ -194,6 +196,39 @@ def acquire_lock(root, holder, ttl_s, hostname, break_lock=False, check_mode=Fal
             handle.write(json.dumps(mine, indent=2) + "\n")
         return "taken", None
     raise OrchestrateError("could not take the lock %s: it changed hands three times while trying" % path)
+
+
+def refuse_if_locked(backup_root, project_name, holder, hostname):
+    """Stop a tier run on its own (a tier playbook, a tier job template) while another run holds
+    the project's lock: a rollback or a deploy in progress, or a live holder elsewhere.
+
+    Raises OrchestrateError naming the holder. Returns the lock when this run holds it (the
+    orchestrator or a deploy including the tier), None when nobody alive holds it.
+    """
+    current = read_json(os.path.join(project_root(backup_root, project_name), LOCK))
+    if not current:
+        return None
+    if holder and same_holder(current, holder):
+        return current
+    alive, why = holder_alive(current, hostname)
+    if not alive:
+        return None
+    raise OrchestrateError(
+        "nothing changed: another run holds the lock of project %s (%s; %s); wait for it to finish, "
+        "or use playbooks/rollback.yml, which resumes or takes over a dead run's lock"
+        % (project_name, describe_holder(current), why))
+
+
+# The option of the tier modules that refuse while another run holds the lock (doc fragment lock).
+HOLDER_ARGUMENT_SPEC = dict(holder=dict(type="dict"))
+
+
+def refuse_module_if_locked(module, backup_root, project_name):
+    """refuse_if_locked for a module with HOLDER_ARGUMENT_SPEC: fails it with the one-line reason."""
+    try:
+        return refuse_if_locked(backup_root, project_name, module.params["holder"], socket.gethostname())
+    except OrchestrateError as exc:
+        module.fail_json(msg=str(exc), project_name=project_name)
 
 
 def check_lock(root, holder):

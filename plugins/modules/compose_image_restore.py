@@ -24,6 +24,7 @@ description:
 author:
   - lastgood.rollback developers (@lastgood)
 extends_documentation_fragment:
+  - lastgood.rollback.lock
   - lastgood.rollback.snapshots
   - lastgood.rollback.project
   - lastgood.rollback.attributes
@@ -176,6 +177,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import
     ManifestError,
     load_verified_snapshot,
 )
+from ansible_collections.lastgood.rollback.plugins.module_utils._orchestrate import HOLDER_ARGUMENT_SPEC, refuse_module_if_locked
 
 
 def main():
@@ -191,11 +193,13 @@ def main():
         stop_timeout=dict(type="int"),
     )
     argument_spec.update(PROJECT_ARGUMENT_SPEC)
+    argument_spec.update(HOLDER_ARGUMENT_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            mutually_exclusive=[("services", "snapshot_id")])
     params = module.params
 
     project = load_project(module, params)
+    refuse_module_if_locked(module, params["backup_root"], project.name)
     snapshot_id = None
     recorded = params["services"]
     if recorded is None:

@@ -27,6 +27,7 @@ description:
 author:
   - lastgood.rollback developers (@lastgood)
 extends_documentation_fragment:
+  - lastgood.rollback.lock
   - lastgood.rollback.snapshots
   - lastgood.rollback.project
   - lastgood.rollback.attributes
@@ -220,6 +221,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import
     load_verified_snapshot,
     utc_now,
 )
+from ansible_collections.lastgood.rollback.plugins.module_utils._orchestrate import HOLDER_ARGUMENT_SPEC, refuse_module_if_locked
 
 try:
     import cryptography  # noqa: F401  pylint: disable=unused-import
@@ -288,6 +290,7 @@ def main():
         stop_timeout=dict(type="int"),
     )
     argument_spec.update(PROJECT_ARGUMENT_SPEC)
+    argument_spec.update(HOLDER_ARGUMENT_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     params = module.params
     if params["tls_pairs"] and params["validate"] and not HAS_CRYPTOGRAPHY:
@@ -296,6 +299,7 @@ def main():
         module.fail_json(msg="nothing changed: project directory %s does not exist" % params["project_dir"])
 
     name = project_name_of(module, params)
+    refuse_module_if_locked(module, params["backup_root"], name)
     try:
         snapshot_id, snapshot_dir, manifest = load_verified_snapshot(params["backup_root"], name, params["snapshot_id"])
     except ManifestError as exc:

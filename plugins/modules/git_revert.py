@@ -22,7 +22,8 @@ description:
     and the tree put back where it was, the stash popped.
   - Refused with one line and nothing changed - a target that is not a commit (in a shallow clone, the message says
     to fetch the history), revert mode on a detached HEAD, a dirty tree with O(stash=false) whose changes the move would
-    touch, a backup ref of the same id that already names another commit.
+    touch, a backup ref of the same id that already names another commit, and, with O(state=rolled_back), another
+    live run holding the project's lock under O(backup_root) (see O(holder)).
   - Also returns the compose services built from source (C(build:)) and those whose build context holds a file the
     move changes, so that a caller rebuilds exactly those.
   - O(state=restored) returns the tree to C(refs/lastgood/before-<id>) and pops the stash C(lastgood before-<id>); what
@@ -33,6 +34,7 @@ description:
 author:
   - lastgood.rollback developers (@lastgood)
 extends_documentation_fragment:
+  - lastgood.rollback.lock
   - lastgood.rollback.snapshots
   - lastgood.rollback.attributes
   - lastgood.rollback.attributes.ACTIONGROUP
@@ -240,6 +242,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import
     load_verified_snapshot,
     utc_now,
 )
+from ansible_collections.lastgood.rollback.plugins.module_utils._orchestrate import HOLDER_ARGUMENT_SPEC, refuse_module_if_locked
 
 
 def diff_text(commit, branch, lines, title):
@@ -273,6 +276,7 @@ def rolled_back(module, repo, params, stamp):
         project.config()
     except ComposeError as exc:
         fail_step(module, exc)
+    refuse_module_if_locked(module, params["backup_root"], project.name)
     snapshot_id = None
     target = params["target"]
     label = target
@@ -383,6 +387,7 @@ def main():
         stash=dict(type="bool", default=True),
         tag=dict(type="str"),
         **BACKUP_ROOT_ARGUMENT_SPEC,
+        **HOLDER_ARGUMENT_SPEC,
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            mutually_exclusive=[("target", "snapshot_id")])

@@ -1,0 +1,21 @@
+# Copyright (c) lastgood.rollback contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+
+    # A tier module run on its own against the project's lock (module_utils/_orchestrate.py).
+    DOCUMENTATION = r"""
+options:
+  holder:
+    description:
+      - The run this task belongs to (C(host), C(pid), C(pid_start), C(user)). Set by the action plugin
+        from the controller; give it only to act as another run.
+      - While another live run holds the project's lock (a rollback or a deploy in progress), the module
+        refuses with one line naming the holder and changes nothing, in check mode too. The lock of the
+        run this task belongs to (the orchestrator or a deploy including the tier) does not stop it,
+        nor does a lock whose holder is dead.
+    type: dict
+"""
