@@ -1,0 +1,125 @@
+# Copyright (c) lastgood.rollback contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A tier run on its own while another run holds the project's lock, against a real demo stack.
+
+AWX runs different job templates at the same time (allow_simultaneous only stops a second job
+of the same template), and an operator may start a tier playbook while a deploy or a rollback
+is under way. One scenario: snapshot the healthy stack, break its configuration (.env) and its
+image (a v2 of this test's own), let a live process on this host hold the lock as a deploy
+would, then run the tier 1 and tier 2 playbooks (and tier 2 in check mode) and the code tier's
+module: each is refused with one line naming the holder, and nothing changes. Once the holder's
+process is gone, the same tier playbook goes ahead.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+
+import pytest
+
+try:
+    from . import ansible_run, stacks
+except ImportError:
+    import ansible_run
+    import stacks
+
+REFUSED = "nothing changed: another run holds the lock of project %s"
+
+
+def process_start_time(pid):
+    with open("/proc/%d/stat" % pid, encoding="ascii") as handle:
+        stat = handle.read()
+    return int(stat[stat.rfind(")") + 2:].split()[19])
+
+
+class Scenario(ansible_run.PlaybookScenario):
+    def __init__(self, stack, client, work):
+        super().__init__(stack, client, work)
+        self.v2_id = None
+        self.holder = None
+
+    def state(self):
+        watched = (self.v2_id,) if self.v2_id else ()
+        return dict(ansible_run.stack_state(self.client, self.stack, self.backup_root, watched_images=watched),
+                    env=(self.stack.dir / ".env").read_text(), git_refs=self.git("for-each-ref"))
+
+    def git(self, *args):
+        return subprocess.run(["git", "-C", str(self.stack.dir)] + list(args), capture_output=True, text=True,
+                              check=True).stdout
+
+    def hold_lock(self):
+        """Write the project's lock as a deploy started by another controller process would."""
+        self.holder = subprocess.Popen(["sleep", "300"])
+        now = time.time()
+        lock = {"host": socket.gethostname(), "pid": self.holder.pid, "pid_start": process_start_time(self.holder.pid),
+                "user": "ops-other", "reason": "deploy 4.2", "started_at": "2026-11-30T17:00:00.000000Z",
+                "expires_at_epoch": now + 3600}
+        path = self.backup_root / self.stack.project / "rollback.lock"
+        path.write_text(json.dumps(lock))
+
+    def release(self):
+        if self.holder is not None and self.holder.poll() is None:
+            self.holder.kill()
+            self.holder.wait()
+
+
+@pytest.fixture(scope="module")
+def scenario(module_stack, docker_client, tmp_path_factory):
+    stack = module_stack()
+    scenario = Scenario(stack, docker_client, tmp_path_factory.mktemp("tier-lock"))
+    try:
+        # A git work tree, so that the code tier's module gets as far as the lock.
+        scenario.git("init", "-q")
+        scenario.git("-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-q", "--allow-empty", "-m", "good")
+        snapshot = scenario.step("snapshot", "snapshot")
+        assert snapshot.rc == 0, snapshot.describe()
+
+        scenario.v2_id = ansible_run.throwaway_image(docker_client, stacks.APP_V2, "lastgood-test/app",
+                                                     stack.project + "-v2", stack.project)
+        stack.tag_app(scenario.v2_id)
+        env = stack.dir / ".env"
+        env.write_text(env.read_text() + "APP_EXTRA_LATENCY_MS=7\n")
+        stack.compose("up", "-d", "--no-deps", "app")
+        stacks.wait_until(lambda: stack.image_id("app") == scenario.v2_id, 30, message="app runs v2")
+
+        scenario.hold_lock()
+        scenario.states["broken"] = scenario.state()
+        scenario.step("config", "rollback_config")
+        scenario.step("images", "rollback_images")
+        scenario.step("images check", "rollback_images", check=True)
+        scenario.runs["code"] = ansible_run.run_module(
+            scenario.inventory, "git_revert",
+            {"project_dir": str(stack.dir), "backup_root": str(scenario.backup_root), "target": "HEAD"},
+            scenario.work)
+        scenario.states["code"] = scenario.state()
+
+        scenario.release()
+        scenario.step("holder gone", "rollback_images")
+        yield scenario
+    finally:
+        scenario.release()
+        stack.destroy()
+        ansible_run.remove_snapshot_pins(docker_client, scenario.backup_root)
+        if scenario.v2_id:
+            ansible_run.remove_image(docker_client, scenario.v2_id)
+
+
+@pytest.mark.parametrize("label", ["config", "images", "images check", "code"])
+def test_a_tier_run_on_its_own_is_refused_while_another_run_holds_the_lock(scenario, label):
+    run = scenario.runs[label]
+    assert run.rc != 0, run.describe()
+    message = run.failure_msg()
+    assert REFUSED % scenario.stack.project in message, run.describe()
+    assert "pid %d" % scenario.holder.pid in message and "ops-other" in message and "deploy 4.2" in message
+    assert "\n" not in message
+    assert scenario.states[label] == scenario.states["broken"], "a refused %s run changed something" % label
+
+
+def test_the_tier_goes_ahead_once_the_holder_is_gone(scenario):
+    run = scenario.runs["holder gone"]
+    assert run.rc == 0, run.describe()
+    assert scenario.stack.image_id("app") != scenario.v2_id
+    assert run.outcome()["services_changed"] == ["app"]
