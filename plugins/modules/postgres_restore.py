@@ -37,6 +37,7 @@ description:
 author:
   - lastgood.rollback developers (@lastgood)
 extends_documentation_fragment:
+  - lastgood.rollback.lock
   - lastgood.rollback.postgres
   - lastgood.rollback.attributes
   - lastgood.rollback.attributes.ACTIONGROUP
@@ -117,6 +118,12 @@ options:
     description:
       - The compose project of O(stop_services). Defaults to O(project_dir); needed with direct access, where
         O(project_dir) is not given.
+    type: path
+  backup_root:
+    description:
+      - Where the snapshots and the lock of the project O(project_name) live. Given, the module refuses while
+        another live run holds that lock (see O(holder)); the role M(lastgood.rollback.restore_database) gives it.
+        Omitted, the lock is not read.
     type: path
 """
 
@@ -275,6 +282,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.lastgood.rollback.plugins.module_utils import _services
 from ansible_collections.lastgood.rollback.plugins.module_utils._compose import ComposeError, ComposeProject, fail_compose
 from ansible_collections.lastgood.rollback.plugins.module_utils._docker import docker_client
+from ansible_collections.lastgood.rollback.plugins.module_utils._orchestrate import HOLDER_ARGUMENT_SPEC, refuse_module_if_locked
 from ansible_collections.lastgood.rollback.plugins.module_utils._postgres import (
     POSTGRES_ARGUMENT_SPEC,
     POSTGRES_REQUIRED_TOGETHER,
@@ -300,12 +308,17 @@ def main():
         safety_dump_dir=dict(type="path"),
         stop_services=dict(type="list", elements="str", default=[]),
         clients_project_dir=dict(type="path"),
+        backup_root=dict(type="path"),
+        **HOLDER_ARGUMENT_SPEC,
     )
     argument_spec.update(POSTGRES_ARGUMENT_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, required_together=POSTGRES_REQUIRED_TOGETHER,
-                           required_if=[("state", "restored", ("archive", "recorded"))], supports_check_mode=True)
+                           required_if=[("state", "restored", ("archive", "recorded"))],
+                           required_by={"backup_root": "project_name"}, supports_check_mode=True)
     require_psycopg2(module)
     params = module.params
+    if params["backup_root"]:
+        refuse_module_if_locked(module, params["backup_root"], params["project_name"])
     around_swap = None
     clients = {}
     if params["stop_services"] and not module.check_mode:

@@ -35,6 +35,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -472,6 +473,54 @@ def throwaway_image(client, base, repository, tag, label):
     image, _logs = client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag="%s:%s" % (repository, tag),
                                        rm=True, forcerm=True, pull=False)
     return image.id
+
+
+class OtherRunLock:
+    """The project's lock held by a live process on this host, as a deploy started by another
+    controller would hold it (see module_utils/_orchestrate.py for the format).
+
+        with OtherRunLock(backup_root, project) as other:
+            ...  # other.pid is the holder's pid
+    """
+
+    def __init__(self, backup_root, project, user="ops-other", reason="deploy 4.2"):
+        self.path = Path(backup_root) / project / "rollback.lock"
+        self.user, self.reason = user, reason
+        self.proc = None
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def __enter__(self):
+        return self.hold()
+
+    def hold(self):
+        self.proc = subprocess.Popen(["sleep", "300"])
+        with open("/proc/%d/stat" % self.proc.pid, encoding="ascii") as handle:
+            stat = handle.read()
+        start = int(stat[stat.rfind(")") + 2:].split()[19])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps({
+            "host": socket.gethostname(), "pid": self.proc.pid, "pid_start": start, "user": self.user,
+            "reason": self.reason, "started_at": "2026-11-30T17:00:00.000000Z", "expires_at_epoch": time.time() + 3600}))
+        return self
+
+    def release(self):
+        """The holder's process ends; its lock file stays, as a crashed run's would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+    def refused(self, message, project):
+        """Whether `message` is the one-line refusal naming this holder."""
+        return ("nothing changed: another run holds the lock of project %s" % project in message
+                and "pid %d" % self.pid in message and self.user in message and self.reason in message
+                and "\n" not in message)
 
 
 def remove_image(client, image_id):

@@ -86,6 +86,16 @@ def test_restore_database_check_mode_changes_nothing(data):
     assert (count(data), databases(data)) == before
 
 
+def test_restore_database_is_refused_while_another_run_holds_the_lock(data):
+    before = (count(data), databases(data))
+    with ansible_run.OtherRunLock(data.backup_root, data.stack.project) as other:
+        run = ansible_run.run_playbook("restore_database", data.inventory)
+        assert run.rc != 0, run.describe()
+        assert other.refused(run.failure_msg(), data.stack.project), run.describe()
+    (data.backup_root / data.stack.project / "rollback.lock").unlink()
+    assert (count(data), databases(data)) == before
+
+
 def test_restore_database_brings_every_row_back_and_keeps_the_previous_copy(data):
     app_started = data.stack.container("app").attrs["State"]["StartedAt"]
     static_id = data.stack.container_id("static")
