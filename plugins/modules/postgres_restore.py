@@ -122,7 +122,7 @@ options:
   backup_root:
     description:
       - Where the snapshots and the lock of the project O(project_name) live. Given, the module refuses while
-        another live run holds that lock (see O(holder)); the role M(lastgood.rollback.restore_database) gives it.
+        another live run holds that lock (see O(holder)); the role C(lastgood.rollback.restore_database) gives it.
         Omitted, the lock is not read.
     type: path
 """
