@@ -476,15 +476,15 @@ def throwaway_image(client, base, repository, tag, label):
 
 
 class OtherRunLock:
-    """The project's lock held by a live process on this host, as a deploy started by another
-    controller would hold it (see module_utils/_orchestrate.py for the format).
+    """The project's lock held by a live process on this host, taken with the collection's own
+    acquire_lock, as a deploy started by another controller would hold it.
 
         with OtherRunLock(backup_root, project) as other:
             ...  # other.pid is the holder's pid
     """
 
     def __init__(self, backup_root, project, user="ops-other", reason="deploy 4.2"):
-        self.path = Path(backup_root) / project / "rollback.lock"
+        self.root = Path(backup_root) / project
         self.user, self.reason = user, reason
         self.proc = None
 
@@ -496,14 +496,15 @@ class OtherRunLock:
         return self.hold()
 
     def hold(self):
+        if str(REPO_ROOT / ".collections") not in sys.path:
+            sys.path.insert(0, str(REPO_ROOT / ".collections"))
+        # pylint: disable-next=import-outside-toplevel
+        from ansible_collections.lastgood.rollback.plugins.module_utils import _orchestrate
         self.proc = subprocess.Popen(["sleep", "300"])
-        with open("/proc/%d/stat" % self.proc.pid, encoding="ascii") as handle:
-            stat = handle.read()
-        start = int(stat[stat.rfind(")") + 2:].split()[19])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps({
-            "host": socket.gethostname(), "pid": self.proc.pid, "pid_start": start, "user": self.user,
-            "reason": self.reason, "started_at": "2026-11-30T17:00:00.000000Z", "expires_at_epoch": time.time() + 3600}))
+        holder = {"host": socket.gethostname(), "pid": self.proc.pid,
+                  "pid_start": _orchestrate.process_start_time(self.proc.pid), "user": self.user, "reason": self.reason}
+        self.root.mkdir(parents=True, exist_ok=True)
+        _orchestrate.acquire_lock(str(self.root), holder, 3600, socket.gethostname())
         return self
 
     def release(self):

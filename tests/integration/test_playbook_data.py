@@ -92,7 +92,7 @@ def test_restore_database_is_refused_while_another_run_holds_the_lock(data):
         run = ansible_run.run_playbook("restore_database", data.inventory)
         assert run.rc != 0, run.describe()
         assert other.refused(run.failure_msg(), data.stack.project), run.describe()
-    (data.backup_root / data.stack.project / "rollback.lock").unlink()
+    (other.root / "rollback.lock").unlink()
     assert (count(data), databases(data)) == before
 
 
