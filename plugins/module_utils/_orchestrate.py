@@ -206,8 +206,9 @@ def refuse_if_locked(backup_root, project_name, holder, hostname):
     orchestrator or a deploy including the tier), None when nobody alive holds it.
     """
     current = read_json(os.path.join(project_root(backup_root, project_name), LOCK))
-    if not current:
+    if current is None:
         return None
+    # An unreadable lock ({}) names nobody: held, as acquire_lock treats it.
     if holder and same_holder(current, holder):
         return current
     alive, why = holder_alive(current, hostname)

@@ -84,3 +84,13 @@ def test_a_holder_on_another_machine_counts_until_its_lease_runs_out(tmp_path):
     lock["expires_at_epoch"] = time.time() - 5
     path.write_text(json.dumps(lock))
     assert orch.refuse_if_locked(str(tmp_path), PROJECT, me(), HOST) is None
+
+
+def test_an_unreadable_lock_refuses_the_tier_as_it_refuses_the_orchestrator(tmp_path):
+    path = Path(tmp_path, PROJECT, orch.LOCK)
+    path.parent.mkdir()
+    path.write_text("{not json")
+    with pytest.raises(orch.OrchestrateError):
+        orch.acquire_lock(str(path.parent), me(), 3600, HOST)
+    with pytest.raises(orch.OrchestrateError):
+        orch.refuse_if_locked(str(tmp_path), PROJECT, me(), HOST)
