@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 try:
-    from . import pg_server, stacks
+    from . import ansible_run, pg_server, stacks
 except ImportError:
+    import ansible_run
     import pg_server
     import stacks
 
@@ -387,3 +388,37 @@ def test_snapshot_create_fails_whole_when_a_data_step_fails(rstack, tmp_path):
     assert msg.startswith("snapshot not written: "), msg
     project_root = backup_root / stack.project
     assert not project_root.exists() or list(project_root.iterdir()) == []
+
+
+def test_full_tier_puts_redis_and_the_volume_back(rstack, tmp_path):
+    """playbooks/snapshot.yml then playbooks/rollback_full.yml on a stack with lastgood_redis and
+    lastgood_volumes: after the keys and the volume's files have changed, the full tier (which
+    holds the project's lock itself) restores the volume and the RDB of the last known good
+    snapshot, and the broken state stays in the safety snapshot."""
+    stack = rstack()
+    stack.fill(40, "good:")
+    (stack.data_dir() / "marker.txt").write_text("good\n")
+    backup_root = tmp_path / "backups"
+    inventory = ansible_run.write_inventory(tmp_path, {
+        "lastgood_project_dir": str(stack.dir), "lastgood_backup_root": str(backup_root),
+        "lastgood_redis": "redis", "lastgood_redis_port": stack.port, "lastgood_volumes": ["data"],
+        "lastgood_health_checks": [{"name": "redis", "type": "tcp", "port": stack.port}]})
+    snapshot = ansible_run.run_playbook("snapshot", inventory)
+    assert snapshot.rc == 0, snapshot.describe()
+
+    stack.cli("FLUSHALL")
+    stack.fill(7, "bad:")
+    (stack.data_dir() / "marker.txt").write_text("bad\n")
+    (stack.data_dir() / "written-since.txt").write_text("new\n")
+
+    run = ansible_run.run_playbook("rollback_full", inventory, extra_vars={"lastgood_confirm": "yes"})
+    assert run.rc == 0, run.describe()
+    stacks.wait_until(lambda: stack.cli("PING", check=False).stdout.strip() == "PONG", 30, message="redis answers")
+    assert stack.keyspace() == {0: {"keys": 40, "expires": 0}}
+    assert stack.value("GET", "good:1").endswith("1") and stack.value("EXISTS", "bad:1") == "0"
+    assert (stack.data_dir() / "marker.txt").read_text() == "good\n"
+    assert not (stack.data_dir() / "written-since.txt").exists()
+    first, safety = [sid for sid in ansible_run.snapshot_ids(backup_root, stack.project) if sid[0].isdigit()]
+    assert ansible_run.read_manifest(backup_root, stack.project, first)["redis"]["keys"] == 40
+    assert ansible_run.read_manifest(backup_root, stack.project, safety)["redis"]["keys"] == 7, \
+        "the safety snapshot should hold the broken state's keys"
