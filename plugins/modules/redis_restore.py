@@ -32,6 +32,7 @@ description:
 author:
   - lastgood.rollback developers (@lastgood)
 extends_documentation_fragment:
+  - lastgood.rollback.lock
   - lastgood.rollback.project
   - lastgood.rollback.redis
   - lastgood.rollback.attributes
@@ -90,6 +91,12 @@ options:
       - Seconds the server gets to stop before it is killed (C(docker compose stop --timeout)).
       - Defaults to the service's C(stop_grace_period).
     type: int
+  backup_root:
+    description:
+      - Where the snapshots and the lock of the project live. Given, the module refuses while another live run
+        holds that lock (see O(holder)), before it touches the server; the role C(lastgood.rollback.rollback_full) gives it.
+        Omitted, the lock is not read.
+    type: path
 """
 
 EXAMPLES = r"""
@@ -106,6 +113,8 @@ EXAMPLES = r"""
     service: redis
     archive: /var/backups/lastgood/shop/redis.rdb
     recorded: "{{ redis_backup }}"
+    # Refused while another run (a deploy, a rollback) holds the project's lock.
+    backup_root: /var/backups/lastgood
 """
 
 RETURN = r"""
@@ -177,6 +186,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.lastgood.rollback.plugins.module_utils._compose import PROJECT_ARGUMENT_SPEC, load_project
 from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import compact_timestamp, utc_now
+from ansible_collections.lastgood.rollback.plugins.module_utils._orchestrate import HOLDER_ARGUMENT_SPEC, refuse_module_if_locked
 from ansible_collections.lastgood.rollback.plugins.module_utils._redis import (
     REDIS_ARGUMENT_SPEC,
     RedisError,
@@ -195,6 +205,8 @@ def main():
         force=dict(type="bool", default=False),
         timeout=dict(type="float", default=60),
         stop_timeout=dict(type="int"),
+        backup_root=dict(type="path"),
+        **HOLDER_ARGUMENT_SPEC,
     )
     argument_spec.update(PROJECT_ARGUMENT_SPEC)
     argument_spec.update(REDIS_ARGUMENT_SPEC)
@@ -208,6 +220,8 @@ def main():
         recorded["keys"] = params["keys"]
         recorded["keys_exact"] = True
     project = load_project(module, params)
+    if params["backup_root"]:
+        refuse_module_if_locked(module, params["backup_root"], project.name)
     try:
         result = restore_redis(module, project, params["service"], params["archive"], recorded,
                                check_mode=module.check_mode, timeout=params["timeout"], port=params["port"],

@@ -30,6 +30,7 @@ description:
 author:
   - lastgood.rollback developers (@lastgood)
 extends_documentation_fragment:
+  - lastgood.rollback.lock
   - lastgood.rollback.attributes
   - lastgood.rollback.attributes.ACTIONGROUP
 attributes:
@@ -85,6 +86,16 @@ options:
     description:
       - Seconds each container gets to stop before it is killed. Defaults to each container's own stop timeout.
     type: int
+  backup_root:
+    description:
+      - Where the snapshots and the lock of the compose project O(project_name) live. Given, the module refuses
+        while another live run holds that lock (see O(holder)), before anything else; the role
+        C(lastgood.rollback.rollback_full) gives it. Omitted, the lock is not read.
+    type: path
+  project_name:
+    description:
+      - The compose project the volume belongs to, whose lock O(backup_root) holds. Required with O(backup_root).
+    type: str
 notes:
   - The safety copies stay inside the volume's directory and are removed with the volume; RV(previous_copies) lists them.
 """
@@ -102,6 +113,9 @@ EXAMPLES = r"""
     archive: /var/backups/lastgood/shop/media.tar
     recorded: "{{ media_backup }}"
     snapshot_id: "20261130T084512Z"
+    # Refused while another run (a deploy, a rollback) holds the project's lock.
+    backup_root: /var/backups/lastgood
+    project_name: shop
 
 - name: Restore an archive known only by its checksum, dropping the previous content afterwards
   lastgood.rollback.volume_restore:
@@ -175,6 +189,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.lastgood.rollback.plugins.module_utils._docker import docker_client
 from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import compact_timestamp, utc_now
+from ansible_collections.lastgood.rollback.plugins.module_utils._orchestrate import HOLDER_ARGUMENT_SPEC, refuse_module_if_locked
 from ansible_collections.lastgood.rollback.plugins.module_utils._volumes import (
     VolumeError,
     check_volume_name,
@@ -197,11 +212,17 @@ def main():
             keep_previous=dict(type="bool", default=True),
             force=dict(type="bool", default=False),
             stop_timeout=dict(type="int"),
+            backup_root=dict(type="path"),
+            project_name=dict(type="str"),
+            **HOLDER_ARGUMENT_SPEC,
         ),
         required_one_of=[("recorded", "sha256")],
+        required_by={"backup_root": "project_name"},
         supports_check_mode=True,
     )
     params = module.params
+    if params["backup_root"]:
+        refuse_module_if_locked(module, params["backup_root"], params["project_name"])
     try:
         check_volume_name(params["volume"])
     except VolumeError as exc:

@@ -6,9 +6,9 @@ AWX runs different job templates at the same time (allow_simultaneous only stops
 of the same template), and an operator may start a tier playbook while a deploy or a rollback
 is under way. One scenario: snapshot the healthy stack, break its configuration (.env) and its
 image (a v2 of this test's own), let a live process on this host hold the lock as a deploy
-would, then run the tier 1 and tier 2 playbooks (and tier 2 in check mode) and the code tier's
-module: each is refused with one line naming the holder, and nothing changes. Once the holder's
-process is gone, the same tier playbook goes ahead.
+would, then run the tier 1 and tier 2 playbooks (and tier 2 in check mode), the code tier's module
+and the full tier's volume and Redis restore modules: each is refused with one line naming the
+holder, and nothing changes. Once the holder's process is gone, the same tier playbook goes ahead.
 """
 
 from __future__ import annotations
@@ -69,6 +69,21 @@ def scenario(module_stack, docker_client, tmp_path_factory):
             {"project_dir": str(stack.dir), "backup_root": str(scenario.backup_root), "target": "HEAD"},
             scenario.work)
         scenario.states["code"] = scenario.state()
+        # The full tier's data modules, as an operator's own playbook would call them: refused
+        # before the archive is even looked at (there is none), so the message tells the lock's story.
+        lock_args = {"backup_root": str(scenario.backup_root), "snapshot_id": "tier-lock"}
+        scenario.runs["volume"] = ansible_run.run_module(
+            scenario.inventory, "volume_restore",
+            dict(lock_args, volume=stack.project + "_pgdata", archive=str(scenario.work / "absent.tar"),
+                 sha256="0" * 64, project_name=stack.project),
+            scenario.work)
+        scenario.states["volume"] = scenario.state()
+        scenario.runs["redis"] = ansible_run.run_module(
+            scenario.inventory, "redis_restore",
+            dict(lock_args, project_dir=str(stack.dir), service="redis", archive=str(scenario.work / "absent.rdb"),
+                 sha256="0" * 64),
+            scenario.work)
+        scenario.states["redis"] = scenario.state()
 
         scenario.holder.release()
         scenario.step("holder gone", "rollback_images")
@@ -81,7 +96,7 @@ def scenario(module_stack, docker_client, tmp_path_factory):
             ansible_run.remove_image(docker_client, scenario.v2_id)
 
 
-@pytest.mark.parametrize("label", ["config", "images", "images check", "code"])
+@pytest.mark.parametrize("label", ["config", "images", "images check", "code", "volume", "redis"])
 def test_a_tier_run_on_its_own_is_refused_while_another_run_holds_the_lock(scenario, label):
     run = scenario.runs[label]
     assert run.rc != 0, run.describe()
