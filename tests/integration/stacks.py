@@ -106,6 +106,36 @@ def wait_until(predicate, timeout: float, interval: float = 0.1, message: str = 
         time.sleep(interval)
 
 
+class Watch:
+    """Calls self.look() every `interval` seconds in a thread while a `with` block runs (and
+    once more as it ends): the base of the tests' observers of /proc, lock files and the like."""
+
+    interval = 0.002
+
+    def __init__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def look(self):
+        raise NotImplementedError
+
+    def _run(self):
+        while True:
+            self.look()
+            if self._stop.wait(self.interval):
+                self.look()
+                return
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        return False
+
+
 def http_get(url: str, timeout: float = 2.0):
     """GET url; returns (status, body text); HTTP error statuses are returned, not raised."""
     try:

@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -148,40 +147,28 @@ def sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-class CmdlineWatch:
+class CmdlineWatch(stacks.Watch):
     """Scans every process's command line while a block runs; `.seen` holds those containing `secret`."""
 
     def __init__(self, secret):
+        super().__init__()
         self.secret = secret.encode()
         self.seen = []
         self.scans = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
 
-    def _watch(self):
+    def look(self):
         own = str(os.getpid())
-        while not self._stop.is_set():
-            for pid in os.listdir("/proc"):
-                if not pid.isdigit() or pid == own:
-                    continue
-                try:
-                    with open("/proc/%s/cmdline" % pid, "rb") as handle:
-                        cmdline = handle.read()
-                except OSError:
-                    continue
-                if self.secret in cmdline and b"redis-server" not in cmdline:
-                    self.seen.append(cmdline.replace(b"\0", b" ").decode("utf-8", "replace"))
-            self.scans += 1
-            time.sleep(0.002)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        return False
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit() or pid == own:
+                continue
+            try:
+                with open("/proc/%s/cmdline" % pid, "rb") as handle:
+                    cmdline = handle.read()
+            except OSError:
+                continue
+            if self.secret in cmdline and b"redis-server" not in cmdline:
+                self.seen.append(cmdline.replace(b"\0", b" ").decode("utf-8", "replace"))
+        self.scans += 1
 
 
 def test_round_trip_with_password_never_on_a_command_line(rstack, tmp_path):
