@@ -17,5 +17,8 @@ options:
         refuses with one line naming the holder and changes nothing, in check mode too. The lock of the
         run this task belongs to (the orchestrator or a deploy including the tier) does not stop it,
         nor does a lock whose holder is dead.
+      - When nobody holds the lock, the module takes it for this run while it works (reason
+        C(<module> on its own)) and releases it when it ends, so that a rollback, a deploy or another
+        tier started meanwhile is refused instead of acting on the same stack. Not in check mode.
     type: dict
 """

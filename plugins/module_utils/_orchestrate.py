@@ -19,6 +19,7 @@ step renews the lease.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import json
 import os
@@ -222,14 +223,35 @@ def refuse_if_locked(backup_root, project_name, holder, hostname):
 
 # The option of the tier modules that refuse while another run holds the lock (doc fragment lock).
 HOLDER_ARGUMENT_SPEC = dict(holder=dict(type="dict"))
+# How long a holder on another machine trusts the lock a tier module on its own holds while it works.
+MODULE_LOCK_TTL_S = 3600
 
 
-def refuse_module_if_locked(module, backup_root, project_name):
-    """refuse_if_locked for a module with HOLDER_ARGUMENT_SPEC: fails it with the one-line reason."""
+def lock_for_module(module, backup_root, project_name, what):
+    """The guard of a tier module (one with HOLDER_ARGUMENT_SPEC), before it changes anything.
+
+    While another live run holds the project's lock, fails the module with one line naming the
+    holder, in check mode too. When this run holds it (the orchestrator, a deploy including the
+    tier), goes on. Otherwise (no lock, or a dead run's) takes it for this run with the reason
+    "`what` on its own", not in check mode, and releases it when the module's process ends:
+    another run, or another tier run on its own, waits for this one. An interrupted run's
+    journal stays: the orchestrator still resumes it.
+    Returns the lock the module works under, or None.
+    """
+    holder = module.params["holder"]
+    hostname = socket.gethostname()
+    root = project_root(backup_root, project_name)
     try:
-        return refuse_if_locked(backup_root, project_name, module.params["holder"], socket.gethostname())
+        current = refuse_if_locked(backup_root, project_name, holder, hostname)
+        if current is not None or not holder or module.check_mode or not os.path.isdir(root):
+            return current
+        mine = dict(holder, reason="%s on its own" % what)
+        acquire_lock(root, mine, MODULE_LOCK_TTL_S, hostname)
     except OrchestrateError as exc:
         module.fail_json(msg=str(exc), project_name=project_name)
+    # fail_json and exit_json end the process with sys.exit: the lock goes with it.
+    atexit.register(release_lock, root, mine)
+    return mine
 
 
 def check_lock(root, holder):

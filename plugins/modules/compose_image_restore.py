@@ -177,7 +177,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import
     ManifestError,
     load_verified_snapshot,
 )
-from ansible_collections.lastgood.rollback.plugins.module_utils._orchestrate import HOLDER_ARGUMENT_SPEC, refuse_module_if_locked
+from ansible_collections.lastgood.rollback.plugins.module_utils._orchestrate import HOLDER_ARGUMENT_SPEC, lock_for_module
 
 
 def main():
@@ -199,7 +199,7 @@ def main():
     params = module.params
 
     project = load_project(module, params)
-    refuse_module_if_locked(module, params["backup_root"], project.name)
+    lock_for_module(module, params["backup_root"], project.name, "compose_image_restore")
     snapshot_id = None
     recorded = params["services"]
     if recorded is None:

@@ -221,7 +221,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import
     load_verified_snapshot,
     utc_now,
 )
-from ansible_collections.lastgood.rollback.plugins.module_utils._orchestrate import HOLDER_ARGUMENT_SPEC, refuse_module_if_locked
+from ansible_collections.lastgood.rollback.plugins.module_utils._orchestrate import HOLDER_ARGUMENT_SPEC, lock_for_module
 
 try:
     import cryptography  # noqa: F401  pylint: disable=unused-import
@@ -299,7 +299,7 @@ def main():
         module.fail_json(msg="nothing changed: project directory %s does not exist" % params["project_dir"])
 
     name = project_name_of(module, params)
-    refuse_module_if_locked(module, params["backup_root"], name)
+    lock_for_module(module, params["backup_root"], name, "config_restore")
     try:
         snapshot_id, snapshot_dir, manifest = load_verified_snapshot(params["backup_root"], name, params["snapshot_id"])
     except ManifestError as exc:

@@ -242,7 +242,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import
     load_verified_snapshot,
     utc_now,
 )
-from ansible_collections.lastgood.rollback.plugins.module_utils._orchestrate import HOLDER_ARGUMENT_SPEC, refuse_module_if_locked
+from ansible_collections.lastgood.rollback.plugins.module_utils._orchestrate import HOLDER_ARGUMENT_SPEC, lock_for_module
 
 
 def diff_text(commit, branch, lines, title):
@@ -276,7 +276,7 @@ def rolled_back(module, repo, params, stamp):
         project.config()
     except ComposeError as exc:
         fail_step(module, exc)
-    refuse_module_if_locked(module, params["backup_root"], project.name)
+    lock_for_module(module, params["backup_root"], project.name, "git_revert")
     snapshot_id = None
     target = params["target"]
     label = target

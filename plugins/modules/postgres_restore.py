@@ -282,7 +282,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.lastgood.rollback.plugins.module_utils import _services
 from ansible_collections.lastgood.rollback.plugins.module_utils._compose import ComposeError, ComposeProject, fail_compose
 from ansible_collections.lastgood.rollback.plugins.module_utils._docker import docker_client
-from ansible_collections.lastgood.rollback.plugins.module_utils._orchestrate import HOLDER_ARGUMENT_SPEC, refuse_module_if_locked
+from ansible_collections.lastgood.rollback.plugins.module_utils._orchestrate import HOLDER_ARGUMENT_SPEC, lock_for_module
 from ansible_collections.lastgood.rollback.plugins.module_utils._postgres import (
     POSTGRES_ARGUMENT_SPEC,
     POSTGRES_REQUIRED_TOGETHER,
@@ -318,7 +318,7 @@ def main():
     require_psycopg2(module)
     params = module.params
     if params["backup_root"]:
-        refuse_module_if_locked(module, params["backup_root"], params["project_name"])
+        lock_for_module(module, params["backup_root"], params["project_name"], "postgres_restore")
     around_swap = None
     clients = {}
     if params["stop_services"] and not module.check_mode:

@@ -186,7 +186,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.lastgood.rollback.plugins.module_utils._compose import PROJECT_ARGUMENT_SPEC, load_project
 from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import compact_timestamp, utc_now
-from ansible_collections.lastgood.rollback.plugins.module_utils._orchestrate import HOLDER_ARGUMENT_SPEC, refuse_module_if_locked
+from ansible_collections.lastgood.rollback.plugins.module_utils._orchestrate import HOLDER_ARGUMENT_SPEC, lock_for_module
 from ansible_collections.lastgood.rollback.plugins.module_utils._redis import (
     REDIS_ARGUMENT_SPEC,
     RedisError,
@@ -221,7 +221,7 @@ def main():
         recorded["keys_exact"] = True
     project = load_project(module, params)
     if params["backup_root"]:
-        refuse_module_if_locked(module, params["backup_root"], project.name)
+        lock_for_module(module, params["backup_root"], project.name, "redis_restore")
     try:
         result = restore_redis(module, project, params["service"], params["archive"], recorded,
                                check_mode=module.check_mode, timeout=params["timeout"], port=params["port"],

@@ -189,7 +189,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.lastgood.rollback.plugins.module_utils._docker import docker_client
 from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import compact_timestamp, utc_now
-from ansible_collections.lastgood.rollback.plugins.module_utils._orchestrate import HOLDER_ARGUMENT_SPEC, refuse_module_if_locked
+from ansible_collections.lastgood.rollback.plugins.module_utils._orchestrate import HOLDER_ARGUMENT_SPEC, lock_for_module
 from ansible_collections.lastgood.rollback.plugins.module_utils._volumes import (
     VolumeError,
     check_volume_name,
@@ -222,7 +222,7 @@ def main():
     )
     params = module.params
     if params["backup_root"]:
-        refuse_module_if_locked(module, params["backup_root"], params["project_name"])
+        lock_for_module(module, params["backup_root"], params["project_name"], "volume_restore")
     try:
         check_volume_name(params["volume"])
     except VolumeError as exc:

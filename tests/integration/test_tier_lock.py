@@ -8,11 +8,14 @@ is under way. One scenario: snapshot the healthy stack, break its configuration 
 image (a v2 of this test's own), let a live process on this host hold the lock as a deploy
 would, then run the tier 1 and tier 2 playbooks (and tier 2 in check mode), the code tier's module
 and the full tier's volume and Redis restore modules: each is refused with one line naming the
-holder, and nothing changes. Once the holder's process is gone, the same tier playbook goes ahead.
+holder, and nothing changes. Once the holder's process is gone, the same tier playbook goes ahead:
+in check mode it leaves the dead holder's lock alone; for real, its module takes the lock over for
+its own run while it works and leaves none behind.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -24,11 +27,35 @@ except ImportError:
     import stacks
 
 
+class LockWatch(stacks.Watch):
+    """Reads the lock file every 2 ms while a block runs; `.seen` holds each distinct content
+    (None: no lock file) in the order seen."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+        self.seen = []
+
+    def look(self):
+        try:
+            content = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            content = None
+        except ValueError:
+            content = {}  # caught mid-write: the lock is written by a rename, so this is rare
+        if not self.seen or self.seen[-1] != content:
+            self.seen.append(content)
+
+    def reasons(self):
+        return [content.get("reason") if content else None for content in self.seen]
+
+
 class Scenario(ansible_run.PlaybookScenario):
     def __init__(self, stack, client, work):
         super().__init__(stack, client, work)
         self.v2_id = None
         self.holder = ansible_run.OtherRunLock(self.backup_root, stack.project)
+        self.watched = {}
 
     def state(self):
         watched = (self.v2_id,) if self.v2_id else ()
@@ -86,7 +113,11 @@ def scenario(module_stack, docker_client, tmp_path_factory):
         scenario.states["redis"] = scenario.state()
 
         scenario.holder.release()
-        scenario.step("holder gone", "rollback_images")
+        lock = scenario.backup_root / stack.project / "rollback.lock"
+        with LockWatch(lock) as scenario.watched["holder gone check"]:
+            scenario.step("holder gone check", "rollback_images", check=True)
+        with LockWatch(lock) as scenario.watched["holder gone"]:
+            scenario.step("holder gone", "rollback_images")
         yield scenario
     finally:
         scenario.holder.release()
@@ -109,3 +140,17 @@ def test_the_tier_goes_ahead_once_the_holder_is_gone(scenario):
     assert run.rc == 0, run.describe()
     assert scenario.stack.image_id("app") != scenario.v2_id
     assert run.outcome()["services_changed"] == ["app"]
+
+
+def test_a_tier_run_on_its_own_holds_the_lock_while_it_works_and_releases_it(scenario):
+    """With the dead holder's lock in place, the image tier's module takes it over for its own
+    run (so that a deploy or another tier started meanwhile is refused) and leaves no lock."""
+    reasons = scenario.watched["holder gone"].reasons()
+    assert "compose_image_restore on its own" in reasons, reasons
+    assert reasons[0] == "deploy 4.2" and reasons[-1] is None, reasons
+
+
+def test_a_check_run_on_its_own_takes_no_lock(scenario):
+    run = scenario.runs["holder gone check"]
+    assert run.rc == 0, run.describe()
+    assert scenario.watched["holder gone check"].reasons() == ["deploy 4.2"]
