@@ -27,6 +27,7 @@ import socket
 import time
 
 from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import (
+    ManifestError,
     _write_atomic,
     compact_timestamp,
     is_bad,
@@ -240,14 +241,15 @@ def lock_for_module(module, backup_root, project_name, what):
     """
     holder = module.params["holder"]
     hostname = socket.gethostname()
-    root = project_root(backup_root, project_name)
     try:
+        # An unsafe project name (one given as an option) is bad input: one line, nothing done.
+        root = project_root(backup_root, project_name)
         current = refuse_if_locked(backup_root, project_name, holder, hostname)
         if current is not None or not holder or module.check_mode or not os.path.isdir(root):
             return current
         mine = dict(holder, reason="%s on its own" % what)
         acquire_lock(root, mine, MODULE_LOCK_TTL_S, hostname)
-    except OrchestrateError as exc:
+    except (OrchestrateError, ManifestError) as exc:
         module.fail_json(msg=str(exc), project_name=project_name)
     # fail_json and exit_json end the process with sys.exit: the lock goes with it.
     atexit.register(release_lock, root, mine)

@@ -111,6 +111,13 @@ def scenario(module_stack, docker_client, tmp_path_factory):
                  sha256="0" * 64),
             scenario.work)
         scenario.states["redis"] = scenario.state()
+        # Bad input to the guard itself: a project name that would leave the backup root.
+        scenario.runs["unsafe project"] = ansible_run.run_module(
+            scenario.inventory, "volume_restore",
+            dict(lock_args, volume=stack.project + "_pgdata", archive=str(scenario.work / "absent.tar"),
+                 sha256="0" * 64, project_name="../" + stack.project),
+            scenario.work)
+        scenario.states["unsafe project"] = scenario.state()
 
         scenario.holder.release()
         lock = scenario.backup_root / stack.project / "rollback.lock"
@@ -154,3 +161,12 @@ def test_a_check_run_on_its_own_takes_no_lock(scenario):
     run = scenario.runs["holder gone check"]
     assert run.rc == 0, run.describe()
     assert scenario.watched["holder gone check"].reasons() == ["deploy 4.2"]
+
+
+def test_an_unsafe_project_name_is_a_one_line_error_that_changes_nothing(scenario):
+    run = scenario.runs["unsafe project"]
+    assert run.rc != 0, run.describe()
+    result = run.result()
+    assert result["msg"] == ("project name '../%s' is not a safe name (letters, digits, '.', '_', '-'; no '..', no '/')"
+                             % scenario.stack.project), run.describe()
+    assert scenario.states["unsafe project"] == scenario.states["broken"]
