@@ -20,5 +20,10 @@ options:
       - When nobody holds the lock, the module takes it for this run while it works (reason
         C(<module> on its own)) and releases it when it ends, so that a rollback, a deploy or another
         tier started meanwhile is refused instead of acting on the same stack. Not in check mode.
+      - A run that held the lock on its own and changed something (a success, or a failure after its
+        first change) appends one line to the project's audit log (C(<backup_root>/<project>/audit.jsonl),
+        C(kind=tier), the module as C(action), the result, the controller and user, its C(actions) and
+        the snapshot as C(to)), as every rollback, deploy and emergency run does. A run that changed
+        nothing leaves none. A line that cannot be written is a warning of the result.
     type: dict
 """

@@ -319,36 +319,6 @@ def shutdown_report(client, project_name, services, log_lines=200):
     return report
 
 
-def audit_line(project, kind, action, result, started_epoch, hostname, user, reason, message, details):
-    """One line of the audit log, with the keys the orchestrator's lines have."""
-    finished = utc_now()
-    started = datetime.datetime.fromtimestamp(started_epoch, datetime.timezone.utc)
-    record = {
-        "run_id": compact_timestamp(started),
-        "kind": kind,
-        "action": action,
-        "project": project,
-        "host": hostname,
-        "controller": None,
-        "user": user,
-        "reason": reason,
-        "started_at": isoformat(started),
-        "finished_at": isoformat(finished),
-        "duration_s": round(time.time() - started_epoch, 3),
-        "resumed": 0,
-        "result": result,
-        "from": None,
-        "to": None,
-        "tiers": [],
-        "escalations": 0,
-        "healthy": None,
-        "step_durations_s": {},
-        "message": message,
-    }
-    record.update(details or {})
-    return record
-
-
 # --- choosing a snapshot ----------------------------------------------------------------------
 
 def snapshot_problem(directory, snapshot_id, image_present):

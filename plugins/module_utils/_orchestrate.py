@@ -226,6 +226,9 @@ def refuse_if_locked(backup_root, project_name, holder, hostname):
 HOLDER_ARGUMENT_SPEC = dict(holder=dict(type="dict"))
 # How long a holder on another machine trusts the lock a tier module on its own holds while it works.
 MODULE_LOCK_TTL_S = 3600
+# The tier a module on its own applies, for its audit line (the data modules serve the full tier
+# and playbooks/restore_database.yml: no tier of their own).
+MODULE_TIERS = {"config_restore": "config", "compose_image_restore": "images", "git_revert": "code"}
 
 
 def lock_for_module(module, backup_root, project_name, what):
@@ -234,9 +237,10 @@ def lock_for_module(module, backup_root, project_name, what):
     While another live run holds the project's lock, fails the module with one line naming the
     holder, in check mode too. When this run holds it (the orchestrator, a deploy including the
     tier), goes on. Otherwise (no lock, or a dead run's) takes it for this run with the reason
-    "`what` on its own", not in check mode, and releases it when the module's process ends:
-    another run, or another tier run on its own, waits for this one. An interrupted run's
-    journal stays: the orchestrator still resumes it.
+    "`what` on its own", not in check mode, writes the run's line in the project's audit log when
+    it changed something, and releases the lock when the module's process ends: another run, or
+    another tier run on its own, waits for this one. An interrupted run's journal stays: the
+    orchestrator still resumes it.
     Returns the lock the module works under, or None.
     """
     holder = module.params["holder"]
@@ -251,9 +255,70 @@ def lock_for_module(module, backup_root, project_name, what):
         acquire_lock(root, mine, MODULE_LOCK_TTL_S, hostname)
     except (OrchestrateError, ManifestError) as exc:
         module.fail_json(msg=str(exc), project_name=project_name)
-    # fail_json and exit_json end the process with sys.exit: the lock goes with it.
-    atexit.register(release_lock, root, mine)
+    _RunOnItsOwn(module, root, mine, project_name, what, hostname)
     return mine
+
+
+class _RunOnItsOwn:
+    """The end of a tier module's run on its own: when it changed something, one line in the
+    project's audit log (who, when, what it did, the result), as every rollback, deploy and
+    emergency run leaves; then the lock goes.
+
+    The line is written as the module returns (exit_json or fail_json, wrapped here, so no module
+    has to remember it on each of its ways out), for a success that changed something and for a
+    failure after its first change. A run that changed nothing (nothing to do, bad input, a failed
+    verification) leaves no line, as the orchestrator's refusals leave none. A line that cannot be
+    written becomes a warning of the result. The lock is released when the process ends (exit_json
+    and fail_json end it with sys.exit), even after a crash, which is recorded then as a failure
+    without a result: what it changed is not known.
+    """
+
+    def __init__(self, module, root, holder, project_name, what, hostname):
+        self.root, self.holder, self.project_name, self.what, self.hostname = root, holder, project_name, what, hostname
+        self.params = module.params
+        self.started = time.time()
+        self.written = False
+        exit_json, fail_json = module.exit_json, module.fail_json
+
+        def exit_with_record(**result):
+            self.record(module, "success", result)
+            exit_json(**result)
+
+        def fail_with_record(msg, **result):
+            self.record(module, "failed", dict(result, msg=msg))
+            fail_json(msg=msg, **result)
+
+        module.exit_json, module.fail_json = exit_with_record, fail_with_record
+        atexit.register(self.end)
+
+    def line(self, result, outcome, changed=True):
+        message = outcome.get("msg") or "%s: done" % self.what
+        details = {"controller": self.holder.get("host"), "changed": changed, "actions": outcome.get("actions") or [],
+                   "tiers": [MODULE_TIERS[self.what]] if self.what in MODULE_TIERS else [],
+                   "to": outcome.get("snapshot_id") or self.params.get("snapshot_id") or outcome.get("target")}
+        return audit_line(self.project_name, "tier", self.what, result, self.started, self.hostname,
+                          self.holder.get("user"), self.holder.get("reason"), message, details)
+
+    def record(self, module, result, outcome):
+        if self.written:
+            return
+        self.written = True
+        if not outcome.get("changed"):
+            return
+        try:
+            append_line(os.path.join(self.root, AUDIT), self.line(result, outcome))
+        except OSError as exc:
+            module.warn("the audit line of this run could not be written to %s: %s" % (os.path.join(self.root, AUDIT), exc))
+
+    def end(self):
+        if not self.written:
+            self.written = True
+            try:
+                append_line(os.path.join(self.root, AUDIT),
+                            self.line("failed", {"msg": "%s ended without a result" % self.what}, changed=None))
+            except OSError:
+                pass  # nowhere left to say it: the process is ending
+        release_lock(self.root, self.holder)
 
 
 def check_lock(root, holder):
@@ -377,6 +442,36 @@ def audit_record(journal, result, summary, hostname, finished):
         "message": summary.get("message"),
         "details": summary.get("details") or {},
     }
+
+
+def audit_line(project, kind, action, result, started_epoch, hostname, user, reason, message, details):
+    """One line of the audit log, with the keys the orchestrator's lines have."""
+    finished = utc_now()
+    started = datetime.datetime.fromtimestamp(started_epoch, datetime.timezone.utc)
+    record = {
+        "run_id": compact_timestamp(started),
+        "kind": kind,
+        "action": action,
+        "project": project,
+        "host": hostname,
+        "controller": None,
+        "user": user,
+        "reason": reason,
+        "started_at": isoformat(started),
+        "finished_at": isoformat(finished),
+        "duration_s": round(time.time() - started_epoch, 3),
+        "resumed": 0,
+        "result": result,
+        "from": None,
+        "to": None,
+        "tiers": [],
+        "escalations": 0,
+        "healthy": None,
+        "step_durations_s": {},
+        "message": message,
+    }
+    record.update(details or {})
+    return record
 
 
 def append_line(path, record):

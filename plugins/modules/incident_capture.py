@@ -187,7 +187,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import
     project_root,
     utc_now,
 )
-from ansible_collections.lastgood.rollback.plugins.module_utils._orchestrate import AUDIT, LOCK, append_line, read_json
+from ansible_collections.lastgood.rollback.plugins.module_utils._orchestrate import AUDIT, LOCK, append_line, audit_line, read_json
 
 
 def capture(module, client, project_name, services, root):
@@ -211,8 +211,8 @@ def record(module, client, project_name, root, holder):
     started = params["started_at"] or time.time()
     details = dict(params["details"] or {}, incident_dir=directory, shutdown=shutdown, clean_shutdown=clean,
                    lock_holder=holder)
-    line = _emergency.audit_line(project_name, "emergency", params["action"], params["result"], started, socket.gethostname(),
-                                 params["user"], params["reason"], params["note"], details)
+    line = audit_line(project_name, "emergency", params["action"], params["result"], started, socket.gethostname(),
+                      params["user"], params["reason"], params["note"], details)
     result = dict(changed=not module.check_mode, incident_dir=directory, shutdown=shutdown, clean_shutdown=clean, audit=line)
     if not module.check_mode:
         _emergency.write_file(directory, _emergency.RECORD, json.dumps(line, indent=2, sort_keys=True) + "\n")

@@ -10,7 +10,8 @@ would, then run the tier 1 and tier 2 playbooks (and tier 2 in check mode), the 
 and the full tier's volume and Redis restore modules: each is refused with one line naming the
 holder, and nothing changes. Once the holder's process is gone, the same tier playbook goes ahead:
 in check mode it leaves the dead holder's lock alone; for real, its module takes the lock over for
-its own run while it works and leaves none behind.
+its own run while it works, leaves none behind and records the run in the audit log; run again,
+with nothing left to change, it records nothing.
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ def scenario(module_stack, docker_client, tmp_path_factory):
             scenario.step("holder gone check", "rollback_images", check=True)
         with LockWatch(lock) as scenario.watched["holder gone"]:
             scenario.step("holder gone", "rollback_images")
+        scenario.step("again", "rollback_images")
         yield scenario
     finally:
         scenario.holder.release()
@@ -170,3 +172,20 @@ def test_an_unsafe_project_name_is_a_one_line_error_that_changes_nothing(scenari
     assert result["msg"] == ("project name '../%s' is not a safe name (letters, digits, '.', '_', '-'; no '..', no '/')"
                              % scenario.stack.project), run.describe()
     assert scenario.states["unsafe project"] == scenario.states["broken"]
+
+
+def test_a_tier_run_on_its_own_that_changed_something_leaves_one_audit_line(scenario):
+    """Refused runs, the check run and the second run (nothing to change) leave no line; the run
+    that rolled the image back leaves one, saying who, what it did and to which snapshot."""
+    path = scenario.backup_root / scenario.stack.project / "audit.jsonl"
+    lines = [json.loads(text) for text in path.read_text().splitlines()]
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert scenario.runs["again"].rc == 0 and scenario.runs["again"].outcome()["services_changed"] == []
+    assert (line["kind"], line["action"], line["result"], line["changed"]) == ("tier", "compose_image_restore", "success", True)
+    assert line["tiers"] == ["images"], line
+    assert line["reason"] == "compose_image_restore on its own" and line["project"] == scenario.stack.project
+    assert line["to"] == scenario.runs["snapshot"].outcome()["snapshot_id"], line
+    assert line["user"] and line["controller"] and line["host"], line
+    assert any("app" in action for action in line["actions"]), line
+    assert 0 < line["duration_s"] < scenario.runs["holder gone"].duration_s, line

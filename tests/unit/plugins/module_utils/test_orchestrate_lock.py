@@ -1,7 +1,8 @@
 # Copyright (c) lastgood.rollback contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Unit tests of the lock guard of the tier modules (module_utils/_orchestrate.refuse_if_locked):
-a tier run on its own is refused while another live run holds the project's lock."""
+"""Unit tests of the lock guard of the tier modules (module_utils/_orchestrate.refuse_if_locked,
+lock_for_module): a tier run on its own is refused while another live run holds the project's
+lock; otherwise it holds the lock while it works and records what it changed in the audit log."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -94,3 +96,100 @@ def test_an_unreadable_lock_refuses_the_tier_as_it_refuses_the_orchestrator(tmp_
         orch.acquire_lock(str(path.parent), me(), 3600, HOST)
     with pytest.raises(orch.OrchestrateError):
         orch.refuse_if_locked(str(tmp_path), PROJECT, me(), HOST)
+
+
+# --- a tier module on its own: its audit line and the lock's release, in a real module process ---
+
+MODULE = """
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.lastgood.rollback.plugins.module_utils import _orchestrate as orch
+
+module = AnsibleModule(argument_spec=dict(orch.HOLDER_ARGUMENT_SPEC, root=dict(type="path"), how=dict(type="str"),
+                                          snapshot_id=dict(type="str")), supports_check_mode=True)
+orch.lock_for_module(module, module.params["root"], "shop", "config_restore")
+how = module.params["how"]
+if how == "changed":
+    module.exit_json(changed=True, actions=["put back .env", "recreate app"])
+if how == "unchanged":
+    module.exit_json(changed=False, actions=[])
+if how == "failed after a change":
+    module.fail_json(msg="recreating app failed: no such image", changed=True, actions=["put back .env"])
+if how == "refused":
+    module.fail_json(msg="nothing changed: snapshot 20261201T000000Z is damaged")
+raise RuntimeError("the module crashed")
+"""
+
+
+def run_module(tmp_path, how, check_mode=False):
+    """Run MODULE in a process of its own, as Ansible runs a module; returns its result."""
+    collections = Path(orch.__file__).parents[5]  # .../<here>/ansible_collections/lastgood/rollback/plugins/module_utils
+    args = tmp_path / "args.json"
+    args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {
+        "root": str(tmp_path), "how": how, "snapshot_id": "20261201T000000Z", "holder": me(),
+        "_ansible_check_mode": check_mode}}))
+    script = tmp_path / "tier_module.py"
+    script.write_text(MODULE)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(collections), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, str(script), str(args)], capture_output=True, text=True, env=env,
+                          timeout=60, check=False)
+    assert proc.stdout.strip() or "crashed" in proc.stderr, proc.stderr
+    return json.loads(proc.stdout) if proc.stdout.strip() else None
+
+
+def audit(tmp_path):
+    path = tmp_path / PROJECT / orch.AUDIT
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture
+def project_root(tmp_path):
+    (tmp_path / PROJECT).mkdir()
+    return tmp_path
+
+
+def test_a_run_on_its_own_that_changed_something_leaves_its_audit_line_and_no_lock(project_root):
+    result = run_module(project_root, "changed")
+    assert result["changed"] is True and "warnings" not in result, result
+    (line,) = audit(project_root)
+    assert (line["kind"], line["action"], line["result"], line["changed"], line["tiers"]) == (
+        "tier", "config_restore", "success", True, ["config"])
+    assert line["actions"] == ["put back .env", "recreate app"] and line["to"] == "20261201T000000Z"
+    assert line["user"] == "ops" and line["controller"] == HOST and line["reason"] == "config_restore on its own"
+    assert not (project_root / PROJECT / orch.LOCK).exists()
+
+
+@pytest.mark.parametrize("how", ["unchanged", "refused"])
+def test_a_run_on_its_own_that_changed_nothing_leaves_no_line(project_root, how):
+    result = run_module(project_root, how)
+    assert not result.get("changed"), result
+    assert audit(project_root) == []
+    assert not (project_root / PROJECT / orch.LOCK).exists()
+
+
+def test_a_failure_after_a_change_is_recorded_as_failed(project_root):
+    result = run_module(project_root, "failed after a change")
+    assert result["failed"] is True
+    (line,) = audit(project_root)
+    assert (line["result"], line["changed"], line["message"]) == ("failed", True, "recreating app failed: no such image")
+    assert not (project_root / PROJECT / orch.LOCK).exists()
+
+
+def test_a_crash_is_recorded_and_the_lock_still_goes(project_root):
+    assert run_module(project_root, "crash") is None
+    (line,) = audit(project_root)
+    assert (line["result"], line["changed"], line["message"]) == ("failed", None, "config_restore ended without a result")
+    assert not (project_root / PROJECT / orch.LOCK).exists()
+
+
+def test_a_check_run_takes_no_lock_and_writes_no_line(project_root):
+    run_module(project_root, "changed", check_mode=True)
+    assert audit(project_root) == []
+
+
+def test_an_audit_log_that_cannot_be_written_is_a_warning_of_the_result(project_root):
+    (project_root / PROJECT / orch.AUDIT).mkdir()  # not a file: appending fails
+    result = run_module(project_root, "changed")
+    assert result["changed"] is True
+    # The raw module result: ansible-core >= 2.19 gives each warning as a structure, older ones as a string.
+    assert "audit line of this run could not be written" in json.dumps(result["warnings"]), result
+    assert not (project_root / PROJECT / orch.LOCK).exists()
