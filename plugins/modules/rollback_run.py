@@ -30,6 +30,10 @@ description:
     writes a markdown report, archives the journal under C(runs/<run_id>/), optionally writes Prometheus
     textfile metrics and marks the state rolled back away from as bad, then releases the lock.
   - O(state=status) only reads the lock and journal.
+  - O(state=record) counts a run kept without a journal in the textfile metrics of O(metrics_dir) - a tier
+    playbook on its own (C(rollback_config.yml), C(rollback_images.yml), C(rollback_code.yml)), whose module
+    held the lock and wrote the audit line itself. It needs O(tier), O(result), O(started_epoch) and
+    O(metrics_dir), and touches neither the lock nor the journal.
   - The action plugin fills O(holder) on the controller (host name, the pid and start time of the
     ansible-playbook process, user), so a lock names the run that holds it.
 author:
@@ -53,13 +57,15 @@ options:
   state:
     description: What to do.
     type: str
-    choices: [begin, step, finish, status]
+    choices: [begin, step, finish, status, record]
     required: true
   snapshot_id:
     description: With O(state=begin) and O(project_dir), the target snapshot. Defaults to the last known good one.
     type: str
   started_epoch:
-    description: With O(state=begin), when the run really began (Unix time of its first task); defaults to now.
+    description:
+      - With O(state=begin), when the run really began (Unix time of its first task); defaults to now.
+      - With O(state=record), when the tier run began; its duration is counted from it.
     type: float
   first_step:
     description: With O(state=begin), a step recorded as C(started) in a new journal (saves a module run).
@@ -115,6 +121,7 @@ options:
       - With O(state=begin), the tier asked for; the module plans the attempts from it and O(differences)
         (C(auto) starts with every lighter tier that has something to put back and escalates to C(full); an
         explicit tier escalates through the heavier tiers that have something to do, then C(full)).
+      - With O(state=record), the tier that ran (not C(auto)).
     type: str
     choices: [auto, config, images, code, full]
   differences:
@@ -136,7 +143,7 @@ options:
     description: With O(state=step), data to keep with the step (returned by RV(done) when the run resumes).
     type: dict
   result:
-    description: With O(state=finish), how the run ended.
+    description: With O(state=finish) or O(state=record), how the run ended.
     type: str
     choices: [success, failed, aborted, refused, planned]
   summary:
@@ -154,8 +161,8 @@ options:
     type: path
   metrics_dir:
     description:
-      - A node_exporter textfile collector directory; with O(state=finish) the run's metrics are written there
-        as C(lastgood_<project>.prom). Empty writes none.
+      - A node_exporter textfile collector directory; with O(state=finish) or O(state=record) the run's metrics
+        are written there as C(lastgood_<project>.prom). Empty writes none (O(state=record) needs it).
     type: path
   release:
     description: With O(state=finish), release the lock (a run nested in another one leaves it to the outer run).
@@ -191,6 +198,15 @@ EXAMPLES = r"""
       tiers: [images]
       to: {snapshot_id: "{{ run.journal.plan.snapshot_id }}"}
       healthy: true
+
+- name: Count a configuration rollback run on its own in the textfile metrics
+  lastgood.rollback.rollback_run:
+    state: record
+    project_name: shop
+    tier: config
+    result: success
+    started_epoch: "{{ started_at }}"
+    metrics_dir: /var/lib/node_exporter/textfile_collector
 """
 
 RETURN = r"""
@@ -253,7 +269,7 @@ report_path:
   type: str
 metrics_path:
   description: The textfile the run's metrics were written to (null when they could not be).
-  returned: when O(metrics_dir) is set and O(state=finish) and not in check mode
+  returned: when O(metrics_dir) is set, O(state=finish) or O(state=record), and not in check mode
   type: str
 marked_bad:
   description: Snapshots marked bad because they record the state rolled back away from.
@@ -470,6 +486,24 @@ def write_metrics(module, record, summary):
         return None
 
 
+def record_metrics(module):
+    """state=record: a tier run on its own, counted in the metrics as the orchestrator counts its runs."""
+    params = module.params
+    missing = [key for key in ("tier", "result", "started_epoch", "metrics_dir") if params[key] in (None, "")]
+    if missing:
+        raise orch.OrchestrateError("state=record needs %s" % ", ".join(missing))
+    if params["tier"] == "auto" or params["kind"] != "rollback":
+        raise orch.OrchestrateError("state=record counts one tier's rollback: give kind=rollback and the tier that ran")
+    result = dict(changed=False, metrics_path=None)
+    if module.check_mode or params["result"] == "planned":
+        return result
+    line = dict(kind="rollback", tiers=[params["tier"]], result=params["result"],
+                duration_s=round(max(0.0, time.time() - params["started_epoch"]), 3))
+    result["metrics_path"] = write_metrics(module, line, {})
+    result["changed"] = result["metrics_path"] is not None
+    return result
+
+
 def status(root, kind):
     holder = orch.read_json(os.path.join(root, orch.LOCK))
     journal = orch.load_journal(root, kind)
@@ -482,7 +516,7 @@ def main():
         argument_spec=dict(
             **BACKUP_ROOT_ARGUMENT_SPEC,
             **PROJECT_LOOKUP_ARGUMENT_SPEC,
-            state=dict(type="str", required=True, choices=["begin", "step", "finish", "status"]),
+            state=dict(type="str", required=True, choices=["begin", "step", "finish", "status", "record"]),
             snapshot_id=dict(type="str"),
             first_step=dict(type="str"),
             apply_first=dict(type="bool", default=False),
@@ -529,6 +563,8 @@ def main():
             result = step(module, root, holder)
         elif params["state"] == "finish":
             result = finish(module, root, holder, hostname)
+        elif params["state"] == "record":
+            result = record_metrics(module)
         else:
             result = status(root, params["kind"])
     except (orch.OrchestrateError, ManifestError) as exc:

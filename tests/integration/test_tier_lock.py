@@ -57,6 +57,7 @@ class Scenario(ansible_run.PlaybookScenario):
         self.v2_id = None
         self.holder = ansible_run.OtherRunLock(self.backup_root, stack.project)
         self.watched = {}
+        self.metrics = None
 
     def state(self):
         watched = (self.v2_id,) if self.v2_id else ()
@@ -87,11 +88,14 @@ def scenario(module_stack, docker_client, tmp_path_factory):
         stack.compose("up", "-d", "--no-deps", "app")
         stacks.wait_until(lambda: stack.image_id("app") == scenario.v2_id, 30, message="app runs v2")
 
+        # The image tier's runs count themselves in the textfile metrics, as an operator's would.
+        scenario.metrics = tmp_path_factory.mktemp("tier-lock-textfile")
+        metrics = {"lastgood_metrics_dir": str(scenario.metrics)}
         scenario.holder.hold()
         scenario.states["broken"] = scenario.state()
         scenario.step("config", "rollback_config")
-        scenario.step("images", "rollback_images")
-        scenario.step("images check", "rollback_images", check=True)
+        scenario.step("images", "rollback_images", extra_vars=metrics)
+        scenario.step("images check", "rollback_images", check=True, extra_vars=metrics)
         scenario.runs["code"] = ansible_run.run_module(
             scenario.inventory, "git_revert",
             {"project_dir": str(stack.dir), "backup_root": str(scenario.backup_root), "target": "HEAD"},
@@ -125,8 +129,12 @@ def scenario(module_stack, docker_client, tmp_path_factory):
         with LockWatch(lock) as scenario.watched["holder gone check"]:
             scenario.step("holder gone check", "rollback_images", check=True)
         with LockWatch(lock) as scenario.watched["holder gone"]:
-            scenario.step("holder gone", "rollback_images")
-        scenario.step("again", "rollback_images")
+            scenario.step("holder gone", "rollback_images", extra_vars=metrics)
+        scenario.step("again", "rollback_images", extra_vars=metrics)
+        scenario.runs["record without metrics_dir"] = ansible_run.run_module(
+            scenario.inventory, "rollback_run",
+            {"state": "record", "project_name": stack.project, "tier": "images", "result": "success", "started_epoch": 0},
+            scenario.work)
         yield scenario
     finally:
         scenario.holder.release()
@@ -189,3 +197,20 @@ def test_a_tier_run_on_its_own_that_changed_something_leaves_one_audit_line(scen
     assert line["user"] and line["controller"] and line["host"], line
     assert any("app" in action for action in line["actions"]), line
     assert 0 < line["duration_s"] < scenario.runs["holder gone"].duration_s, line
+
+
+def test_a_tier_run_on_its_own_counts_itself_in_the_metrics_unless_refused_or_planned(scenario):
+    """The run refused by the lock and the check run are not counted (the orchestrator counts
+    neither its refusals nor its plans); the run that rolled back and the one that found nothing
+    to do are, as successful image rollbacks."""
+    prom = (scenario.metrics / ("lastgood_%s.prom" % scenario.stack.project)).read_text()
+    labels = 'project="%s",result="%%s",tier="images"' % scenario.stack.project
+    assert "lastgood_rollbacks_total{%s} 2" % (labels % "success") in prom, prom
+    assert "lastgood_rollbacks_total{%s} 0" % (labels % "failed") in prom, prom
+    assert 'lastgood_rollback_duration_seconds{project="%s",tier="images"}' % scenario.stack.project in prom, prom
+    assert "lastgood_rollback_last_success_timestamp_seconds" in prom, prom
+
+
+def test_recording_a_run_without_its_metrics_directory_is_a_one_line_error(scenario):
+    run = scenario.runs["record without metrics_dir"]
+    assert run.rc != 0 and run.result()["msg"] == "state=record needs metrics_dir", run.describe()
