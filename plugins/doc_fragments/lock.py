@@ -21,9 +21,17 @@ options:
         C(<module> on its own)) and releases it when it ends, so that a rollback, a deploy or another
         tier started meanwhile is refused instead of acting on the same stack. Not in check mode.
       - A run that held the lock on its own and changed something (a success, or a failure after its
-        first change) appends one line to the project's audit log (C(<backup_root>/<project>/audit.jsonl),
+        first change), or that took a live run's lock over (O(break_lock)), appends one line to the project's audit log (C(<backup_root>/<project>/audit.jsonl),
         C(kind=tier), the module as C(action), the result, the controller and user, its C(actions) and
         the snapshot as C(to)), as every rollback, deploy and emergency run does. A run that changed
         nothing leaves none. A line that cannot be written is a warning of the result.
     type: dict
+  break_lock:
+    description:
+      - Take the project's lock over even from a live run, instead of being refused. Only when you know that run
+        is gone or hung (its controller is down, its job was killed). The result warns and the audit line names
+        the run whose lock was taken (C(lock_taken_over_from)); that run, should it go on, finds it no longer holds
+        the lock and stops. In check mode nothing is taken.
+    type: bool
+    default: false
 """

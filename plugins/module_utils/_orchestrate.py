@@ -222,8 +222,8 @@ def refuse_if_locked(backup_root, project_name, holder, hostname):
         % (project_name, describe_holder(current), why))
 
 
-# The option of the tier modules that refuse while another run holds the lock (doc fragment lock).
-HOLDER_ARGUMENT_SPEC = dict(holder=dict(type="dict"))
+# The options of the tier modules that refuse while another run holds the lock (doc fragment lock).
+HOLDER_ARGUMENT_SPEC = dict(holder=dict(type="dict"), break_lock=dict(type="bool", default=False))
 # How long a holder on another machine trusts the lock a tier module on its own holds while it works.
 MODULE_LOCK_TTL_S = 3600
 # The tier a module on its own applies, for its audit line (the data modules serve the full tier
@@ -235,7 +235,8 @@ def lock_for_module(module, backup_root, project_name, what):
     """The guard of a tier module (one with HOLDER_ARGUMENT_SPEC), before it changes anything.
 
     While another live run holds the project's lock, fails the module with one line naming the
-    holder, in check mode too. When this run holds it (the orchestrator, a deploy including the
+    holder, in check mode too, unless the module's `break_lock` is set: then the lock is taken over
+    from it (a warning and the audit line name it). When this run holds it (the orchestrator, a deploy including the
     tier), goes on. Otherwise (no lock, or a dead run's) takes it for this run with the reason
     "`what` on its own", not in check mode, writes the run's line in the project's audit log when
     it changed something, and releases the lock when the module's process ends: another run, or
@@ -244,18 +245,28 @@ def lock_for_module(module, backup_root, project_name, what):
     Returns the lock the module works under, or None.
     """
     holder = module.params["holder"]
+    break_lock = module.params.get("break_lock")
     hostname = socket.gethostname()
     try:
         # An unsafe project name (one given as an option) is bad input: one line, nothing done.
         root = project_root(backup_root, project_name)
-        current = refuse_if_locked(backup_root, project_name, holder, hostname)
+        try:
+            current = refuse_if_locked(backup_root, project_name, holder, hostname)
+        except OrchestrateError:
+            if not break_lock or not holder:
+                raise
+            current = None  # a live run's lock, taken over below on request
         if current is not None or not holder or module.check_mode or not os.path.isdir(root):
             return current
         mine = dict(holder, reason="%s on its own" % what)
-        acquire_lock(root, mine, MODULE_LOCK_TTL_S, hostname)
+        state, previous = acquire_lock(root, mine, MODULE_LOCK_TTL_S, hostname, break_lock=break_lock)
     except (OrchestrateError, ManifestError) as exc:
         module.fail_json(msg=str(exc), project_name=project_name)
-    _RunOnItsOwn(module, root, mine, project_name, what, hostname)
+    taken_from = None
+    if state == "taken_over" and previous and previous.get("dead_because") == "lock broken on request":
+        taken_from = describe_holder(previous)
+        module.warn("took the project's lock over from a live run on request (break_lock): %s" % taken_from)
+    _RunOnItsOwn(module, root, mine, project_name, what, hostname, taken_from)
     return mine
 
 
@@ -266,15 +277,16 @@ class _RunOnItsOwn:
 
     The line is written as the module returns (exit_json or fail_json, wrapped here, so no module
     has to remember it on each of its ways out), for a success that changed something and for a
-    failure after its first change. A run that changed nothing (nothing to do, bad input, a failed
-    verification) leaves no line, as the orchestrator's refusals leave none. A line that cannot be
+    failure after its first change, and for a run that broke a live run's lock. A run that changed
+    nothing (nothing to do, bad input, a failed verification) leaves no line, as the orchestrator's refusals leave none. A line that cannot be
     written becomes a warning of the result. The lock is released when the process ends (exit_json
     and fail_json end it with sys.exit), even after a crash, which is recorded then as a failure
     without a result: what it changed is not known.
     """
 
-    def __init__(self, module, root, holder, project_name, what, hostname):
+    def __init__(self, module, root, holder, project_name, what, hostname, taken_from=None):
         self.root, self.holder, self.project_name, self.what, self.hostname = root, holder, project_name, what, hostname
+        self.taken_from = taken_from
         self.params = module.params
         self.started = time.time()
         self.written = False
@@ -295,6 +307,7 @@ class _RunOnItsOwn:
         message = outcome.get("msg") or "%s: done" % self.what
         details = {"controller": self.holder.get("host"), "changed": changed, "actions": outcome.get("actions") or [],
                    "tiers": [MODULE_TIERS[self.what]] if self.what in MODULE_TIERS else [],
+                   "lock_taken_over_from": self.taken_from,
                    "to": outcome.get("snapshot_id") or self.params.get("snapshot_id") or outcome.get("target")}
         return audit_line(self.project_name, "tier", self.what, result, self.started, self.hostname,
                           self.holder.get("user"), self.holder.get("reason"), message, details)
@@ -303,7 +316,7 @@ class _RunOnItsOwn:
         if self.written:
             return
         self.written = True
-        if not outcome.get("changed"):
+        if not outcome.get("changed") and not self.taken_from:
             return
         try:
             append_line(os.path.join(self.root, AUDIT), self.line(result, outcome))

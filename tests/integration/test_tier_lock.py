@@ -10,8 +10,9 @@ would, then run the tier 1 and tier 2 playbooks (and tier 2 in check mode), the 
 and the full tier's volume and Redis restore modules: each is refused with one line naming the
 holder, and nothing changes. Once the holder's process is gone, the same tier playbook goes ahead:
 in check mode it leaves the dead holder's lock alone; for real, its module takes the lock over for
-its own run while it works, leaves none behind and records the run in the audit log; run again,
-with nothing left to change, it records nothing.
+its own run while it works, leaves none behind and records the run in the audit log and the
+metrics; run again, with nothing left to change, it records nothing in the audit log. Last, a
+module given break_lock takes a live (hung) run's lock over and says so.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Scenario(ansible_run.PlaybookScenario):
         super().__init__(stack, client, work)
         self.v2_id = None
         self.holder = ansible_run.OtherRunLock(self.backup_root, stack.project)
+        self.hung = ansible_run.OtherRunLock(self.backup_root, stack.project, reason="deploy 4.3")
         self.watched = {}
         self.metrics = None
 
@@ -63,6 +65,10 @@ class Scenario(ansible_run.PlaybookScenario):
         watched = (self.v2_id,) if self.v2_id else ()
         return dict(ansible_run.stack_state(self.client, self.stack, self.backup_root, watched_images=watched),
                     env=(self.stack.dir / ".env").read_text(), git_refs=self.git("for-each-ref"))
+
+    def audit(self):
+        path = self.backup_root / self.stack.project / "audit.jsonl"
+        return [json.loads(text) for text in path.read_text().splitlines()]
 
     def git(self, *args):
         return subprocess.run(["git", "-C", str(self.stack.dir)] + list(args), capture_output=True, text=True,
@@ -131,6 +137,17 @@ def scenario(module_stack, docker_client, tmp_path_factory):
         with LockWatch(lock) as scenario.watched["holder gone"]:
             scenario.step("holder gone", "rollback_images", extra_vars=metrics)
         scenario.step("again", "rollback_images", extra_vars=metrics)
+        # A live run holds the lock again; the operator knows it is hung and breaks it (break_lock),
+        # as emergency recovery's fallback does with lastgood_break_lock. In check mode first.
+        scenario.hung.hold()
+        code_args = {"project_dir": str(stack.dir), "backup_root": str(scenario.backup_root), "target": "HEAD",
+                     "break_lock": True}
+        with LockWatch(lock) as scenario.watched["break check"]:
+            scenario.runs["break check"] = ansible_run.run_module(scenario.inventory, "git_revert", code_args,
+                                                                  scenario.work, check=True)
+        with LockWatch(lock) as scenario.watched["break"]:
+            scenario.runs["break"] = ansible_run.run_module(scenario.inventory, "git_revert", code_args, scenario.work)
+        scenario.hung.release()
         scenario.runs["record without metrics_dir"] = ansible_run.run_module(
             scenario.inventory, "rollback_run",
             {"state": "record", "project_name": stack.project, "tier": "images", "result": "success", "started_epoch": 0},
@@ -138,6 +155,7 @@ def scenario(module_stack, docker_client, tmp_path_factory):
         yield scenario
     finally:
         scenario.holder.release()
+        scenario.hung.release()
         stack.destroy()
         ansible_run.remove_snapshot_pins(docker_client, scenario.backup_root)
         if scenario.v2_id:
@@ -185,9 +203,8 @@ def test_an_unsafe_project_name_is_a_one_line_error_that_changes_nothing(scenari
 def test_a_tier_run_on_its_own_that_changed_something_leaves_one_audit_line(scenario):
     """Refused runs, the check run and the second run (nothing to change) leave no line; the run
     that rolled the image back leaves one, saying who, what it did and to which snapshot."""
-    path = scenario.backup_root / scenario.stack.project / "audit.jsonl"
-    lines = [json.loads(text) for text in path.read_text().splitlines()]
-    assert len(lines) == 1, lines
+    lines = scenario.audit()
+    assert [line["action"] for line in lines] == ["compose_image_restore", "git_revert"], lines
     line = lines[0]
     assert scenario.runs["again"].rc == 0 and scenario.runs["again"].outcome()["services_changed"] == []
     assert (line["kind"], line["action"], line["result"], line["changed"]) == ("tier", "compose_image_restore", "success", True)
@@ -214,3 +231,22 @@ def test_a_tier_run_on_its_own_counts_itself_in_the_metrics_unless_refused_or_pl
 def test_recording_a_run_without_its_metrics_directory_is_a_one_line_error(scenario):
     run = scenario.runs["record without metrics_dir"]
     assert run.rc != 0 and run.result()["msg"] == "state=record needs metrics_dir", run.describe()
+
+
+def test_break_lock_takes_a_live_runs_lock_over_says_so_and_leaves_none(scenario):
+    """With break_lock, the code tier's module goes ahead although a live run holds the lock: the
+    result warns, the audit line names whose lock it took, and no lock is left behind (the other
+    run, should it go on, finds it no longer holds the lock). In check mode nothing is taken."""
+    run = scenario.runs["break"]
+    assert run.rc == 0, run.describe()
+    assert "took the project's lock over from a live run on request (break_lock)" in json.dumps(run.result().get("warnings")), \
+        run.describe()
+    reasons = scenario.watched["break"].reasons()
+    assert reasons[0] == "deploy 4.3" and "git_revert on its own" in reasons and reasons[-1] is None, reasons
+    line = scenario.audit()[-1]
+    assert (line["action"], line["result"], line["tiers"]) == ("git_revert", "success", ["code"]), line
+    assert "reason: deploy 4.3" in line["lock_taken_over_from"] and "ops-other" in line["lock_taken_over_from"], line
+
+    check = scenario.runs["break check"]
+    assert check.rc == 0, check.describe()
+    assert scenario.watched["break check"].reasons() == ["deploy 4.3"]
