@@ -34,4 +34,11 @@ options:
         the lock and stops. In check mode nothing is taken.
     type: bool
     default: false
+  reason:
+    description:
+      - Why this run happens (for example C(5xx after release 4.2)). When the module takes the lock for its own
+        run, the lock's reason is C(<module> on its own) followed by it, which a refused run and the audit line show.
+        Ignored under the lock of the run this task belongs to, which has its own reason.
+    type: str
+    default: ""
 """

@@ -223,7 +223,8 @@ def refuse_if_locked(backup_root, project_name, holder, hostname):
 
 
 # The options of the tier modules that refuse while another run holds the lock (doc fragment lock).
-HOLDER_ARGUMENT_SPEC = dict(holder=dict(type="dict"), break_lock=dict(type="bool", default=False))
+HOLDER_ARGUMENT_SPEC = dict(holder=dict(type="dict"), break_lock=dict(type="bool", default=False),
+                            reason=dict(type="str", default=""))
 # How long a holder on another machine trusts the lock a tier module on its own holds while it works.
 MODULE_LOCK_TTL_S = 3600
 # The tier a module on its own applies, for its audit line (the data modules serve the full tier
@@ -235,10 +236,11 @@ def lock_for_module(module, backup_root, project_name, what):
     """The guard of a tier module (one with HOLDER_ARGUMENT_SPEC), before it changes anything.
 
     While another live run holds the project's lock, fails the module with one line naming the
-    holder, in check mode too, unless the module's `break_lock` is set: then the lock is taken over
-    from it (a warning and the audit line name it). When this run holds it (the orchestrator, a deploy including the
-    tier), goes on. Otherwise (no lock, or a dead run's) takes it for this run with the reason
-    "`what` on its own", not in check mode, writes the run's line in the project's audit log when
+    holder, in check mode too, unless the module's `break_lock` is set: then the lock is taken
+    over from it (a warning and the audit line name it). When this run holds it (the
+    orchestrator, a deploy including the tier), goes on. Otherwise (no lock, or a dead run's)
+    takes it for this run with the reason "`what` on its own" (and the module's `reason`, when
+    given), not in check mode, writes the run's line in the project's audit log when
     it changed something, and releases the lock when the module's process ends: another run, or
     another tier run on its own, waits for this one. An interrupted run's journal stays: the
     orchestrator still resumes it.
@@ -258,7 +260,8 @@ def lock_for_module(module, backup_root, project_name, what):
             current = None  # a live run's lock, taken over below on request
         if current is not None or not holder or module.check_mode or not os.path.isdir(root):
             return current
-        mine = dict(holder, reason="%s on its own" % what)
+        reason = (module.params.get("reason") or "").strip()
+        mine = dict(holder, reason="%s on its own%s" % (what, ": " + reason if reason else ""))
         state, previous = acquire_lock(root, mine, MODULE_LOCK_TTL_S, hostname, break_lock=break_lock)
     except (OrchestrateError, ManifestError) as exc:
         module.fail_json(msg=str(exc), project_name=project_name)
@@ -276,12 +279,13 @@ class _RunOnItsOwn:
     emergency run leaves; then the lock goes.
 
     The line is written as the module returns (exit_json or fail_json, wrapped here, so no module
-    has to remember it on each of its ways out), for a success that changed something and for a
-    failure after its first change, and for a run that broke a live run's lock. A run that changed
-    nothing (nothing to do, bad input, a failed verification) leaves no line, as the orchestrator's refusals leave none. A line that cannot be
-    written becomes a warning of the result. The lock is released when the process ends (exit_json
-    and fail_json end it with sys.exit), even after a crash, which is recorded then as a failure
-    without a result: what it changed is not known.
+    has to remember it on each of its ways out): for a success that changed something, for a
+    failure after its first change, and for a run that broke a live run's lock. A run that
+    changed nothing (nothing to do, bad input, a failed verification) leaves no line, as the
+    orchestrator's refusals leave none. A line that cannot be written becomes a warning of the
+    result. The lock is released when the process ends (exit_json and fail_json end it with
+    sys.exit), even after a crash, which is recorded then as a failure without a result: what it
+    changed is not known.
     """
 
     def __init__(self, module, root, holder, project_name, what, hostname, taken_from=None):

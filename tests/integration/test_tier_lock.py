@@ -135,7 +135,7 @@ def scenario(module_stack, docker_client, tmp_path_factory):
         with LockWatch(lock) as scenario.watched["holder gone check"]:
             scenario.step("holder gone check", "rollback_images", check=True)
         with LockWatch(lock) as scenario.watched["holder gone"]:
-            scenario.step("holder gone", "rollback_images", extra_vars=metrics)
+            scenario.step("holder gone", "rollback_images", extra_vars=dict(metrics, lastgood_reason="v2 fails /health"))
         scenario.step("again", "rollback_images", extra_vars=metrics)
         # A live run holds the lock again; the operator knows it is hung and breaks it (break_lock),
         # as emergency recovery's fallback does with lastgood_break_lock. In check mode first.
@@ -181,7 +181,7 @@ def test_a_tier_run_on_its_own_holds_the_lock_while_it_works_and_releases_it(sce
     """With the dead holder's lock in place, the image tier's module takes it over for its own
     run (so that a deploy or another tier started meanwhile is refused) and leaves no lock."""
     reasons = scenario.watched["holder gone"].reasons()
-    assert "compose_image_restore on its own" in reasons, reasons
+    assert "compose_image_restore on its own: v2 fails /health" in reasons, reasons
     assert reasons[0] == "deploy 4.2" and reasons[-1] is None, reasons
 
 
@@ -209,7 +209,7 @@ def test_a_tier_run_on_its_own_that_changed_something_leaves_one_audit_line(scen
     assert scenario.runs["again"].rc == 0 and scenario.runs["again"].outcome()["services_changed"] == []
     assert (line["kind"], line["action"], line["result"], line["changed"]) == ("tier", "compose_image_restore", "success", True)
     assert line["tiers"] == ["images"], line
-    assert line["reason"] == "compose_image_restore on its own" and line["project"] == scenario.stack.project
+    assert line["reason"] == "compose_image_restore on its own: v2 fails /health" and line["project"] == scenario.stack.project
     assert line["to"] == scenario.runs["snapshot"].outcome()["snapshot_id"], line
     assert line["user"] and line["controller"] and line["host"], line
     assert any("app" in action for action in line["actions"]), line
