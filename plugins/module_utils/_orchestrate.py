@@ -44,6 +44,8 @@ JOURNAL = "journal.json"
 RUNS = "runs"
 AUDIT = "audit.jsonl"
 BAD_STATES = "bad-states.jsonl"
+# acquire_lock's `dead_because` for a live holder's lock taken over with break_lock.
+LOCK_BROKEN = "lock broken on request"
 
 # Cheapest first. `full` covers everything and is always the last resort.
 TIERS = ("config", "images", "code", "full")
@@ -185,7 +187,7 @@ def acquire_lock(root, holder, ttl_s, hostname, break_lock=False, check_mode=Fal
             _write_atomic(path, json.dumps(mine, indent=2) + "\n", mode=0o640)
             again = read_json(path) or {}
             if same_holder(again, holder):
-                return "taken_over", dict(current, dead_because=why if not alive else "lock broken on request")
+                return "taken_over", dict(current, dead_because=why if not alive else LOCK_BROKEN)
             continue
         if check_mode:
             return "taken", None
@@ -266,7 +268,7 @@ def lock_for_module(module, backup_root, project_name, what):
     except (OrchestrateError, ManifestError) as exc:
         module.fail_json(msg=str(exc), project_name=project_name)
     taken_from = None
-    if state == "taken_over" and previous and previous.get("dead_because") == "lock broken on request":
+    if state == "taken_over" and previous and previous.get("dead_because") == LOCK_BROKEN:
         taken_from = describe_holder(previous)
         module.warn("took the project's lock over from a live run on request (break_lock): %s" % taken_from)
     _RunOnItsOwn(module, root, mine, project_name, what, hostname, taken_from)
@@ -291,6 +293,7 @@ class _RunOnItsOwn:
     def __init__(self, module, root, holder, project_name, what, hostname, taken_from=None):
         self.root, self.holder, self.project_name, self.what, self.hostname = root, holder, project_name, what, hostname
         self.taken_from = taken_from
+        self.audit_path = os.path.join(root, AUDIT)
         self.params = module.params
         self.started = time.time()
         self.written = False
@@ -316,25 +319,29 @@ class _RunOnItsOwn:
         return audit_line(self.project_name, "tier", self.what, result, self.started, self.hostname,
                           self.holder.get("user"), self.holder.get("reason"), message, details)
 
+    def write(self, line):
+        """Append `line` once per run; returns the OSError that stopped it, or None."""
+        self.written = True
+        try:
+            append_line(self.audit_path, line)
+        except OSError as exc:
+            return exc
+        return None
+
     def record(self, module, result, outcome):
         if self.written:
             return
-        self.written = True
         if not outcome.get("changed") and not self.taken_from:
+            self.written = True
             return
-        try:
-            append_line(os.path.join(self.root, AUDIT), self.line(result, outcome))
-        except OSError as exc:
-            module.warn("the audit line of this run could not be written to %s: %s" % (os.path.join(self.root, AUDIT), exc))
+        error = self.write(self.line(result, outcome))
+        if error:
+            module.warn("the audit line of this run could not be written to %s: %s" % (self.audit_path, error))
 
     def end(self):
         if not self.written:
-            self.written = True
-            try:
-                append_line(os.path.join(self.root, AUDIT),
-                            self.line("failed", {"msg": "%s ended without a result" % self.what}, changed=None))
-            except OSError:
-                pass  # nowhere left to say it: the process is ending
+            # Nowhere left to report a failure to write it: the process is ending.
+            self.write(self.line("failed", {"msg": "%s ended without a result" % self.what}, changed=None))
         release_lock(self.root, self.holder)
 
 
