@@ -22,8 +22,8 @@ description:
     and the tree put back where it was, the stash popped.
   - Refused with one line and nothing changed - a target that is not a commit (in a shallow clone, the message says
     to fetch the history), revert mode on a detached HEAD, a dirty tree with O(stash=false) whose changes the move would
-    touch, a backup ref of the same id that already names another commit, and, with O(state=rolled_back), another
-    live run holding the project's lock under O(backup_root) (see O(holder)).
+    touch, a backup ref of the same id that already names another commit, and, with O(state=rolled_back) or
+    O(state=restored), another live run holding the project's lock under O(backup_root) (see O(holder)).
   - Also returns the compose services built from source (C(build:)) and those whose build context holds a file the
     move changes, so that a caller rebuilds exactly those.
   - O(state=restored) returns the tree to C(refs/lastgood/before-<id>) and pops the stash C(lastgood before-<id>); what
@@ -159,8 +159,9 @@ snapshot_id:
   returned: always
   type: str
 project_name:
-  description: The compose project name, when it was resolved (O(state=rolled_back)).
-  returned: when O(state=rolled_back)
+  description: The compose project name, when it was resolved (O(state=rolled_back) and O(state=restored); null
+    when compose could not read the project to be restored, which is then restored without the lock's guard).
+  returned: when O(state=rolled_back) or O(state=restored)
   type: str
 mode:
   description: The mode used.
@@ -297,7 +298,8 @@ def rolled_back(module, repo, params, stamp):
             try:
                 services = project.services
             except ComposeError as exc:
-                fail_step(module, exc, changed=True, actions=actions, backup_ref=plan["backup_ref"], stash=stash)
+                fail_step(module, exc, changed=True, actions=actions, backup_ref=plan["backup_ref"], stash=stash,
+                          project_name=project.requested_name)
     built, affected = _git.source_services(project.project_dir, services, touched, repo.toplevel)
     result = dict(
         changed=plan["changed"],
@@ -332,11 +334,13 @@ def _rel(toplevel, project_dir, path):
 def restored(module, repo, params):
     if not params["backup_ref_id"]:
         module.fail_json(msg="state=restored needs backup_ref_id (the <id> of refs/lastgood/before-<id>)")
+    project_name = lock_for_restore(module, params)
     plan = _git.plan_restore(repo, params["backup_ref_id"])
     after, actions = _git.apply_restore(repo, plan, module.check_mode)
     return dict(
         changed=plan["changed"],
         snapshot_id=None,
+        project_name=project_name,
         target=plan["target"],
         before=plan["before"],
         after={"commit": after, "branch": plan["before"]["branch"]},
@@ -353,6 +357,23 @@ def restored(module, repo, params):
             after=diff_text(after, plan["before"]["branch"], plan["files"], "files changed"),
         ),
     )
+
+
+def lock_for_restore(module, params):
+    """The undo step moves the tree as much as the rollback did: the same guard, under the project's
+    name (O(project_name), else the one compose resolves). A tree compose cannot read, which the undo
+    may be there to mend, is not a reason to keep it broken: a warning, and the tree goes back
+    without the guard. Returns the name, or None."""
+    name = params["project_name"]
+    if not name:
+        try:
+            name = ComposeProject(module, params["project_dir"], params["files"], None).name
+        except ComposeError as exc:
+            module.warn("returning the tree without checking the project's lock: docker compose cannot read the"
+                        " project (%s); give project_name" % exc.msg)
+            return None
+    lock_for_module(module, params["backup_root"], name, "git_revert")
+    return name
 
 
 def tagged(module, repo, params, stamp):

@@ -12,6 +12,7 @@ their own; every one must end with a clear message and nothing lost.
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -356,6 +357,9 @@ def test_a_failing_build_returns_the_tree(repos, tmp_path):
     (repo.dir / "README").write_text("work in progress\n")
     before = git_state(repo)
     containers = repo.containers()
+    # The project's place under the backup root, as a first snapshot leaves it: the tier holds the lock.
+    project_root = tmp_path / "backups" / repo.project
+    project_root.mkdir(parents=True)
     inventory = ansible_run.write_inventory(tmp_path, repo.host_vars(tmp_path / "backups"))
     run = ansible_run.run_playbook("rollback_code", inventory, extra_vars={"lastgood_git_ref": broken})
     assert run.rc != 0
@@ -370,6 +374,12 @@ def test_a_failing_build_returns_the_tree(repos, tmp_path):
     assert repo.containers()["side"] == containers["side"]
     outcome = run.outcome()
     assert outcome["result"] == "failed" and outcome["restored"] is True
+    # The move and the undo each held the lock on their own (the undo under the name the move
+    # resolved) and left their line; no lock is left behind.
+    lines = [json.loads(text) for text in (project_root / "audit.jsonl").read_text().splitlines()]
+    assert [(line["action"], line["result"]) for line in lines] == [("git_revert", "success")] * 2, lines
+    assert any("before-" in action for action in lines[1]["actions"]), lines[1]
+    assert not (project_root / "rollback.lock").exists()
 
 
 def test_an_unhealthy_gate_returns_the_tree_or_leaves_it_for_the_orchestrator(repos, tmp_path):

@@ -8,7 +8,7 @@ is under way. One scenario: snapshot the healthy stack, break its configuration 
 image (a v2 of this test's own), let a live process on this host hold the lock as a deploy
 would, then run the tier 1 and tier 2 playbooks (and tier 2 in check mode), the code tier's module
 and the full tier's volume and Redis restore modules: each is refused with one line naming the
-holder, and nothing changes. Once the holder's process is gone, the same tier playbook goes ahead:
+holder, and nothing changes (the code tier's undo step too). Once the holder's process is gone, the same tier playbook goes ahead:
 in check mode it leaves the dead holder's lock alone; for real, its module takes the lock over for
 its own run while it works, leaves none behind and records the run in the audit log and the
 metrics; run again, with nothing left to change, it records nothing in the audit log. Last, a
@@ -107,6 +107,13 @@ def scenario(module_stack, docker_client, tmp_path_factory):
             {"project_dir": str(stack.dir), "backup_root": str(scenario.backup_root), "target": "HEAD"},
             scenario.work)
         scenario.states["code"] = scenario.state()
+        # The code tier's undo step (its failure path) moves the tree as much: refused too.
+        scenario.runs["code undo"] = ansible_run.run_module(
+            scenario.inventory, "git_revert",
+            {"project_dir": str(stack.dir), "backup_root": str(scenario.backup_root), "state": "restored",
+             "backup_ref_id": "tier-lock"},
+            scenario.work)
+        scenario.states["code undo"] = scenario.state()
         # The full tier's data modules, as an operator's own playbook would call them: refused
         # before the archive is even looked at (there is none), so the message tells the lock's story.
         lock_args = {"backup_root": str(scenario.backup_root), "snapshot_id": "tier-lock"}
@@ -162,7 +169,7 @@ def scenario(module_stack, docker_client, tmp_path_factory):
             ansible_run.remove_image(docker_client, scenario.v2_id)
 
 
-@pytest.mark.parametrize("label", ["config", "images", "images check", "code", "volume", "redis"])
+@pytest.mark.parametrize("label", ["config", "images", "images check", "code", "code undo", "volume", "redis"])
 def test_a_tier_run_on_its_own_is_refused_while_another_run_holds_the_lock(scenario, label):
     run = scenario.runs[label]
     assert run.rc != 0, run.describe()
