@@ -129,6 +129,10 @@ HISTORY_CAP = 50
 # A probe gets this much time beyond its own timeout before the round stops waiting for it
 # (the libraries' own timeouts are per socket operation, not per answer).
 WATCHDOG_GRACE_S = 0.5
+# While a failed round waited only for containers whose Docker healthcheck is still `starting`,
+# the pause before the next round looks at them this often and ends once none is: the gate sees
+# a container turn healthy within this step, not up to interval_s later.
+SETTLE_STEP_S = 0.05
 MAX_BODY_BYTES = 1024 * 1024
 MAX_ERROR_CHARS = 300
 PROMETHEUS_QUERY_PATH = "/api/v1/query"
@@ -158,6 +162,8 @@ class CheckResult:
         self.labels = labels
         self.series = series
         self.reason = _clip(reason) if reason else self.error
+        # Container checks: failed only because healthchecks are still `starting` (see pause()).
+        self.settling = False
 
     @property
     def failed(self):
@@ -375,8 +381,18 @@ class ContainerCheck(Check):
                                error="Docker engine: %s" % one_line(exc))
         latency_ms = (time.monotonic() - started) * 1000.0
         error, containers = evaluate_containers(self.project, by_service, self.services)
-        return CheckResult(self, ok=error is None, latency_ms=latency_ms, error=error,
-                           containers=containers)
+        result = CheckResult(self, ok=error is None, latency_ms=latency_ms, error=error, containers=containers)
+        result.settling = error is not None and only_starting(by_service, self.services)
+        return result
+
+    def still_starting(self):
+        """Whether the containers are still only waiting for a `starting` healthcheck. False when
+        the engine cannot tell: the next round says what is wrong."""
+        try:
+            return only_starting(_docker.project_containers(self._docker_client(), self.project), self.services)
+        except Exception:  # noqa: BLE001 - any engine error: let the round report it
+            self._client = None
+            return False
 
 
 def evaluate_containers(project, by_service, services=None):
@@ -405,6 +421,18 @@ def evaluate_containers(project, by_service, services=None):
             elif container["health"] not in (None, "healthy"):
                 problems.append("%s is %s" % (container["name"], container["health"]))
     return ("; ".join(problems) if problems else None), containers
+
+
+def only_starting(by_service, services=None):
+    """True when every wanted service has containers, all run, and the only ones not ready are
+    those whose Docker healthcheck is still `starting` (none unhealthy, none stopped)."""
+    wanted = list(services) if services else sorted(by_service)
+    if not wanted or any(not by_service.get(service) for service in wanted):
+        return False
+    found = [container for service in wanted for container in by_service[service]]
+    if any(c["state"] != "running" or c["health"] not in (None, "healthy", "starting") for c in found):
+        return False
+    return any(c["health"] == "starting" for c in found)
 
 
 class PostgresCheck(Check):
@@ -885,7 +913,7 @@ class PollOutcome:
         self.stop_reason = None
 
 
-def poll(round_runner, settings, clock=time.monotonic, sleep=time.sleep):
+def poll(round_runner, settings, clock=time.monotonic, sleep=time.sleep, pause=None):
     """Run rounds until the settings say stop; return a PollOutcome.
 
     Waiting (no watch_s): stop healthy after `consecutive_successes` all-ok rounds in a row;
@@ -894,7 +922,8 @@ def poll(round_runner, settings, clock=time.monotonic, sleep=time.sleep):
     Watching (watch_s): rounds run until watch_s has elapsed; unhealthy as soon as
     `consecutive_failures` failed rounds came in a row, healthy if the window closes first.
     Between rounds the loop sleeps interval_s, cut short so that the last round starts at the
-    deadline (the end of the window), never after it.
+    deadline (the end of the window), never after it. Waiting, after a failed round, it calls
+    `pause(seconds, results)` instead when given, which may end the pause early (see pause()).
     A round with a failed check is failed. A round without one but with an inconclusive check
     is neither ok nor failed: it ends a success streak, leaves a failure streak as it is, and
     when the latest round that was not all ok was inconclusive, an unhealthy end is given the
@@ -944,7 +973,11 @@ def poll(round_runner, settings, clock=time.monotonic, sleep=time.sleep):
             outcome.healthy = settings.watching and not inconclusive
             outcome.stop_reason = "window" if settings.watching else "deadline"
             break
-        sleep(min(settings.interval_s, end - now))
+        wait_s = min(settings.interval_s, end - now)
+        if pause is not None and failed and not settings.watching:
+            pause(wait_s, outcome.results)
+        else:
+            sleep(wait_s)
     outcome.elapsed_s = clock() - started
     if outcome.healthy:
         outcome.verdict = "healthy"
@@ -953,6 +986,28 @@ def poll(round_runner, settings, clock=time.monotonic, sleep=time.sleep):
     else:
         outcome.verdict = "failed"
     return outcome
+
+
+def pause(checks, seconds, results, clock=time.monotonic, sleep=time.sleep, step_s=SETTLE_STEP_S):
+    """The pause after a failed round while waiting: `seconds`, unless every failed check of the
+    round was a container check failed only by healthchecks still `starting` (a service just
+    recreated); then those are looked at every `step_s` and the pause ends as soon as none is
+    starting any more (healthy or not: the next round says which). Only the pause after a failed
+    round is shortened, so consecutive_successes rounds stay interval_s apart. Returns whether it
+    ended early."""
+    failing = [result for result in results if not result.ok]
+    by_name = dict((check.name, check) for check in checks)
+    starting = [by_name[result.name] for result in failing if result.settling]
+    if not starting or len(starting) != len(failing):
+        sleep(seconds)
+        return False
+    until = clock() + seconds
+    while until - clock() > step_s:
+        sleep(step_s)
+        if not any(check.still_starting() for check in starting):
+            return True
+    sleep(max(0.0, until - clock()))
+    return False
 
 
 # -- reporting ------------------------------------------------------------------------------

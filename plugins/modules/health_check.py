@@ -199,6 +199,11 @@ options:
       - Seconds to sleep between the end of a round and the start of the next.
       - The sleep is shortened so that no round starts after O(deadline_s) (waiting) or O(watch_s)
         (watching); the last round starts at that moment at the latest.
+      - Waiting, after a round whose only failures were V(container) checks with containers still
+        C(starting) (their Docker healthcheck has not passed yet, as after a recreation), the engine
+        is asked every 50 ms and the next round starts as soon as none is starting any more, instead of
+        after the whole interval. Rounds that count towards O(consecutive_successes) stay
+        O(interval_s) apart.
     type: float
     default: 1.0
   deadline_s:
@@ -545,7 +550,8 @@ def main():
     if module.params["validate_only"]:
         module.exit_json(changed=False, **_health.validation_result(checks))
 
-    outcome = _health.poll(lambda: _health.run_round(checks), settings)
+    outcome = _health.poll(lambda: _health.run_round(checks), settings,
+                           pause=lambda seconds, results: _health.pause(checks, seconds, results))
     result = _health.result_dict(outcome, settings)
     if outcome.verdict == "inconclusive":
         fail = module.params["on_inconclusive"] == "fail"

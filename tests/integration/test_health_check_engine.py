@@ -185,3 +185,51 @@ def test_watch_catches_a_bad_release_and_the_wait_reports_it(stack, tmp_path):
         checks=[dict(name="app-container", type="container", project_dir=str(s.dir), services=["app"])],
         fail_on_unhealthy=False))
     assert run.result["checks"][0]["error"] == "%s-app-1 is unhealthy" % s.project
+
+
+SLOW_START_COMPOSE = """\
+services:
+  slow:
+    image: lastgood-bench/busybox:1
+    command: ["sleep", "300"]
+    network_mode: host
+    healthcheck:
+      test: ["CMD", "test", "-f", "/ready"]
+      interval: 200ms
+      timeout: 1s
+      retries: 3
+      start_period: 120s
+"""
+
+
+def test_the_wait_sees_a_starting_container_turn_healthy_without_waiting_out_the_interval(tmp_path):
+    """A container whose Docker healthcheck is still `starting` (a service just recreated): the
+    gate asks the engine every 50 ms instead of sleeping its whole interval (20 s here), so it ends
+    right after the engine reports the container healthy, in its second round."""
+    project = "lgthc%s" % secrets.token_hex(3)
+    project_dir = tmp_path / project
+    project_dir.mkdir()
+    (project_dir / "compose.yaml").write_text(SLOW_START_COMPOSE)
+
+    def compose(*args):
+        return stacks.run(["docker", "compose", "-p", project] + list(args), cwd=project_dir)
+
+    compose("up", "-d")
+    try:
+        gate = start_health_check(tmp_path, dict(
+            checks=[dict(name="slow", type="container", project_name=project)],
+            retries=100, interval_s=20, deadline_s=60))
+        # The gate's first round sees `starting` (ansible starts in about 1 s); then the container gets ready.
+        time.sleep(4)
+        compose("exec", "-T", "slow", "touch", "/ready")
+        ready_at = time.monotonic()
+        run = finish_health_check(gate)
+        seen_after_s = time.monotonic() - ready_at
+        result = run.result
+        assert run.status == "ok" and result["healthy"] is True, run.output
+        assert result["rounds"] == 2 and result["history"] == [["slow"], []], result
+        assert result["elapsed_s"] < 10, result["msg"]
+        # Docker checks every 200 ms; the gate looks every 50 ms; the rest is ansible ending.
+        assert seen_after_s < 3, seen_after_s
+    finally:
+        compose("down", "--timeout", "0")

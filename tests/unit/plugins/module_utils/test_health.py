@@ -575,3 +575,95 @@ def test_containers_problems():
     assert error == "service cache has no containers"
     error = _health.evaluate_containers("p", {})[0]
     assert error == "project 'p' has no containers"
+
+
+def test_only_starting_when_every_container_runs_and_some_healthcheck_has_not_passed_yet():
+    starting = {"app": [_container("p-app-1", "app", health="starting")], "static": [_container("p-static-1", "static")]}
+    assert _health.only_starting(starting)
+    assert _health.only_starting(starting, services=["app"])
+    assert not _health.only_starting(starting, services=["static"])  # nothing to wait for
+    assert not _health.only_starting(dict(starting, db=[_container("p-db-1", "db", state="exited")]))
+    assert not _health.only_starting(dict(starting, app=starting["app"] + [_container("p-app-2", "app", health="unhealthy")]))
+    assert not _health.only_starting(starting, services=["app", "cache"])  # a service without containers
+    assert not _health.only_starting({})
+
+
+# -- the pause after a failed round: ended early once containers are no longer starting ---------
+
+class StartingCheck:
+    """A container check whose containers stop starting after `flips_after` looks."""
+
+    def __init__(self, name, flips_after):
+        self.name = name
+        self.flips_after = flips_after
+        self.looks = 0
+
+    def still_starting(self):
+        self.looks += 1
+        return self.looks < self.flips_after
+
+
+def _result(check, ok, settling=False):
+    result = _health.CheckResult(check, ok=ok, error=None if ok else "p-app-1 is starting")
+    result.settling = settling
+    return result
+
+
+def test_pause_ends_as_soon_as_the_starting_containers_settle():
+    fake = FakeTime([True])
+    containers = StartingCheck("containers", flips_after=3)
+    containers.type = "container"
+    web = one_check(name="web", port=1)
+    results = [_result(containers, ok=False, settling=True), _result(web, ok=True)]
+    assert _health.pause([containers, web], 0.25, results, clock=fake.clock, sleep=fake.sleep, step_s=0.05) is True
+    assert fake.sleeps == [0.05, 0.05, 0.05] and containers.looks == 3
+
+
+def test_pause_sleeps_the_whole_interval_unless_only_starting_containers_failed():
+    containers = StartingCheck("containers", flips_after=1)
+    containers.type = "container"
+    web = one_check(name="web", port=1)
+    for results in ([_result(containers, ok=False, settling=True), _result(web, ok=False)],  # web fails too
+                    [_result(containers, ok=False, settling=False)]):  # a container exited, say
+        fake = FakeTime([True])
+        assert _health.pause([containers, web], 0.25, results, clock=fake.clock, sleep=fake.sleep) is False
+        assert fake.sleeps == [0.25]
+    assert containers.looks == 0
+
+
+def test_pause_never_outlasts_its_interval_when_containers_keep_starting():
+    fake = FakeTime([True])
+    containers = StartingCheck("containers", flips_after=1000)
+    containers.type = "container"
+    assert _health.pause([containers], 0.12, [_result(containers, ok=False, settling=True)],
+                         clock=fake.clock, sleep=fake.sleep, step_s=0.05) is False
+    assert fake.sleeps == [0.05, 0.05, 0.02] and sum(fake.sleeps) == pytest.approx(0.12)
+
+
+class Recorder:
+    """Stands for time.sleep and for pause(): both advance a FakeTime; the calls are kept."""
+
+    def __init__(self, fake):
+        self.fake = fake
+        self.calls = []
+
+    def sleep(self, seconds):
+        self.calls.append("sleep")
+        self.fake.sleep(seconds)
+
+    def pause(self, seconds, results):
+        assert [result.ok for result in results] == [False]
+        self.calls.append("pause")
+        self.fake.sleep(seconds)
+
+
+def test_poll_pauses_only_after_failed_rounds_while_waiting():
+    """Rounds that count towards consecutive_successes stay interval_s apart; a watch keeps its
+    rhythm (its failure streak is measured in rounds interval_s apart)."""
+    for watching, expected in ((False, ["pause", "sleep"]), (True, ["sleep"] * 3)):
+        fake = FakeTime([False, True, True, True])
+        recorder = Recorder(fake)
+        settings = dict(watch_s=3.0, consecutive_failures=2) if watching else dict(retries=10, consecutive_successes=2)
+        outcome = _health.poll(fake.run_round, PollSettings(interval_s=1.0, **settings), clock=fake.clock,
+                               sleep=recorder.sleep, pause=recorder.pause)
+        assert recorder.calls == expected and outcome.healthy, recorder.calls
