@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import re
 import traceback
 
 from ansible.module_utils.basic import missing_required_lib
@@ -31,6 +32,9 @@ except ImportError:  # pragma: no cover - exercised only without the SDK
 
 
 ROLLED_BACK_TAG_PREFIX = "rolled-back-"
+# The collection's own rolled-back tags, <repository>:rolled-back-<UTC ts>[-n] (an operator's own
+# tags are never touched).
+_ROLLED_BACK_TAG = re.compile(r"^%s(\d{8}T\d{6}Z)(?:-(\d+))?$" % re.escape(ROLLED_BACK_TAG_PREFIX))
 
 
 def require_docker_sdk(module):
@@ -157,3 +161,52 @@ def services_problems(by_service, services):
 def failed_for_good(summary):
     """A state that waiting will not fix: stopped, or unhealthy after its retries."""
     return summary["state"] in ("exited", "dead") or summary["health"] == "unhealthy"
+
+
+# -- retention of the images rollbacks replaced ------------------------------------------------
+
+def _familiar(repository):
+    """The repository as the engine lists it (docker.io/library/nginx is nginx)."""
+    for prefix in ("docker.io/library/", "docker.io/"):
+        if repository.startswith(prefix):
+            return repository[len(prefix):]
+    return repository
+
+
+def rolled_back_tags_beyond(client, repository, keep):
+    """The collection's rolled-back tags of `repository` beyond its newest `keep`, oldest first."""
+    found = {}
+    for image in client.api.images(filters={"reference": "%s:%s*" % (repository, ROLLED_BACK_TAG_PREFIX)}):
+        for tag in image.get("RepoTags") or ():
+            name, version = split_reference(tag)
+            match = _ROLLED_BACK_TAG.match(version)
+            if match and _familiar(name) == _familiar(repository):
+                found[tag] = (match.group(1), int(match.group(2) or 1), tag)
+    ordered = sorted(found, key=found.get)
+    return ordered[:max(0, len(ordered) - keep)]
+
+
+def prune_rolled_back(client, references, keep, check_mode=False):
+    """Retention of the images rollbacks replaced: in the repository of each of `references`, the
+    rolled-back tags beyond the newest `keep` are untagged (0 keeps all); an image goes with its
+    last tag unless a container or a snapshot's pin still holds it. Never raises: a tag that
+    cannot go stays, named with why. Returns (untagged, or in check mode to untag; kept)."""
+    untagged, kept = [], []
+    if not keep:
+        return untagged, kept
+    for repository in sorted(set(split_reference(reference)[0] for reference in references if reference)):
+        try:
+            old = rolled_back_tags_beyond(client, repository, keep)
+        except APIError as exc:
+            kept.append("%s:%s*: %s" % (repository, ROLLED_BACK_TAG_PREFIX, one_line(exc)))
+            continue
+        for tag in old:
+            if check_mode:
+                untagged.append(tag)
+                continue
+            try:
+                client.api.remove_image(tag, noprune=False)
+                untagged.append(tag)
+            except APIError as exc:
+                kept.append("%s: %s" % (tag, one_line(exc)))
+    return untagged, kept

@@ -65,6 +65,16 @@ options:
       - The last-known-good snapshot and the newest snapshot are never pruned.
     type: int
     default: 10
+  keep_replaced:
+    description:
+      - Retention of the images rollbacks replaced. A tier 2 rollback keeps the image it replaces under
+        C(<repository>:rolled-back-<UTC ts>); in the repository of each service's image, only the newest
+        O(keep_replaced) of those tags stay, older ones are untagged. An image goes with its last tag unless a
+        container or a snapshot's pin still holds it. Tags not in that exact format (your own) are never touched.
+        V(0) keeps all.
+      - Done here, before a deploy, and not in the rollback, whose time is the outage.
+    type: int
+    default: 5
   databases:
     description:
       - PostgreSQL databases to dump into the snapshot (C(databases/<name>.dump)), each with its sha256, size,
@@ -194,6 +204,18 @@ pruned:
   returned: always
   type: list
   elements: str
+replaced_untagged:
+  description: The C(rolled-back-*) tags untagged by O(keep_replaced) (in check mode, those that would be).
+  returned: always
+  type: list
+  elements: str
+  sample: [lastgood-demo/app:rolled-back-20261101T101502Z]
+replaced_kept:
+  description: C(rolled-back-*) tags beyond O(keep_replaced) that could not be untagged, each with the engine's reason
+    (a container still uses its image, for example); they are tried again at the next snapshot.
+  returned: always
+  type: list
+  elements: str
 services_not_running:
   description: Services recorded without a running container (their configured image ID is recorded).
   returned: always
@@ -217,6 +239,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._docker import (
     APIError,
     docker_client,
     one_line,
+    prune_rolled_back,
     split_reference,
 )
 from ansible_collections.lastgood.rollback.plugins.module_utils._git import git_state
@@ -325,6 +348,7 @@ def main():
         reason=dict(type="str"),
         pin_images=dict(type="bool", default=True),
         keep=dict(type="int", default=10),
+        keep_replaced=dict(type="int", default=5),
         databases=dict(type="list", elements="dict", default=[], options=DATABASE_ENTRY_SPEC),
         volumes=dict(type="list", elements="str", default=[]),
         redis=dict(type="str"),
@@ -334,8 +358,9 @@ def main():
     argument_spec.update(PROJECT_ARGUMENT_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     params = module.params
-    if params["keep"] < 0:
-        module.fail_json(msg="keep must be 0 (keep all) or a positive number, got %d" % params["keep"])
+    for option in ("keep", "keep_replaced"):
+        if params[option] < 0:
+            module.fail_json(msg="%s must be 0 (keep all) or a positive number, got %d" % (option, params[option]))
 
     project = load_project(module, params)
     client = docker_client(module)
@@ -393,6 +418,8 @@ def main():
         except DataError as exc:
             module.fail_json(msg=exc.msg, **exc.result)
         result["pruned"] = retention_plan(root, params["keep"], pending=snapshot_id)
+        result["replaced_untagged"], result["replaced_kept"] = prune_rolled_back(
+            client, [entry["image"] for entry in services.values()], params["keep_replaced"], check_mode=True)
         module.exit_json(**result)
 
     staging = start_staging(root)
@@ -419,6 +446,8 @@ def main():
         module.fail_json(msg="snapshot not written: %s" % one_line(exc))
 
     result["pruned"] = prune(module, client, root, params["keep"])
+    result["replaced_untagged"], result["replaced_kept"] = prune_rolled_back(
+        client, [entry["image"] for entry in services.values()], params["keep_replaced"])
     module.exit_json(**result)
 
 
