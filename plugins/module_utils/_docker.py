@@ -134,13 +134,29 @@ def project_containers(client, project_name, include_stopped=True):
     return by_service
 
 
+# The one rule of when a container is ready, and the states it can be in on the way; every
+# reader (health gate, staged start, service waits) goes through these.
+
 def container_problem(summary):
-    """None when a container is running and, if it has a healthcheck, healthy; else why not."""
+    """None when a container is running and, if it has a healthcheck, healthy; else why not:
+    its state (`exited (exit code 1)`, `created`) or its health (`starting`, `unhealthy`)."""
     if summary["state"] != "running":
-        return "%s (exit code %s)" % (summary["state"], summary["exit_code"])
+        if summary["state"] in ("exited", "dead"):
+            return "%s (exit code %s)" % (summary["state"], summary["exit_code"])
+        return summary["state"]
     if summary["health"] not in (None, "healthy"):
-        return "health %s" % summary["health"]
+        return summary["health"]
     return None
+
+
+def still_starting(summary):
+    """A running container whose Docker healthcheck has not decided yet (`starting`)."""
+    return summary["state"] == "running" and summary["health"] == "starting"
+
+
+def failed_for_good(summary):
+    """A state that waiting will not fix: stopped, or unhealthy after its retries."""
+    return summary["state"] in ("exited", "dead") or summary["health"] == "unhealthy"
 
 
 def services_problems(by_service, services):
@@ -156,11 +172,6 @@ def services_problems(by_service, services):
         if reasons:
             problems[name] = "; ".join(reasons)
     return problems
-
-
-def failed_for_good(summary):
-    """A state that waiting will not fix: stopped, or unhealthy after its retries."""
-    return summary["state"] in ("exited", "dead") or summary["health"] == "unhealthy"
 
 
 # -- retention of the images rollbacks replaced ------------------------------------------------

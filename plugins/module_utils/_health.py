@@ -399,7 +399,7 @@ def evaluate_containers(project, by_service, services=None):
     """(error or None, container summaries) for the services of a project.
 
     `by_service` is what _docker.project_containers() returns. A container is fine when it
-    runs and, if it has a Docker healthcheck, is `healthy`.
+    runs and, if it has a Docker healthcheck, is `healthy` (_docker.container_problem).
     """
     wanted = list(services) if services else sorted(by_service)
     problems = []
@@ -413,26 +413,23 @@ def evaluate_containers(project, by_service, services=None):
         for container in found:
             containers.append(dict(service=service, name=container["name"],
                                    state=container["state"], health=container["health"]))
-            if container["state"] != "running":
-                detail = container["state"]
-                if container["state"] == "exited":
-                    detail += " (exit code %s)" % container["exit_code"]
-                problems.append("%s is %s" % (container["name"], detail))
-            elif container["health"] not in (None, "healthy"):
-                problems.append("%s is %s" % (container["name"], container["health"]))
+            problem = _docker.container_problem(container)
+            if problem:
+                problems.append("%s is %s" % (container["name"], problem))
     return ("; ".join(problems) if problems else None), containers
 
 
 def only_starting(by_service, services=None):
-    """True when every wanted service has containers, all run, and the only ones not ready are
-    those whose Docker healthcheck is still `starting` (none unhealthy, none stopped)."""
+    """True when every wanted service has containers and the only ones not ready are those
+    whose Docker healthcheck is still `starting` (none unhealthy, none stopped)."""
     wanted = list(services) if services else sorted(by_service)
     if not wanted or any(not by_service.get(service) for service in wanted):
         return False
     found = [container for service in wanted for container in by_service[service]]
-    if any(c["state"] != "running" or c["health"] not in (None, "healthy", "starting") for c in found):
+    waiting = [_docker.still_starting(c) for c in found]
+    if any(not wait and _docker.container_problem(c) for c, wait in zip(found, waiting)):
         return False
-    return any(c["health"] == "starting" for c in found)
+    return any(waiting)
 
 
 class PostgresCheck(Check):

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from ansible_collections.lastgood.rollback.plugins.module_utils import _health
+from ansible_collections.lastgood.rollback.plugins.module_utils import _docker, _health
 from ansible_collections.lastgood.rollback.plugins.module_utils._health import (
     HealthSpecError,
     PollSettings,
@@ -587,6 +587,21 @@ def test_only_starting_when_every_container_runs_and_some_healthcheck_has_not_pa
     assert not _health.only_starting(starting, services=["app", "cache"])  # a service without containers
     assert not _health.only_starting({})
 
+
+
+def test_one_readiness_rule_serves_the_health_gate_and_the_service_waits():
+    """The gate's message and the staged start's per-service reasons come from the same rule."""
+    by_service = {"app": [_container("p-app-1", "app", state="created")],
+                  "db": [_container("p-db-1", "db", state="dead", exit_code=137)],
+                  "web": [_container("p-web-1", "web", health="starting")],
+                  "static": [_container("p-static-1", "static", health="healthy")]}
+    error = _health.evaluate_containers("p", by_service)[0]
+    assert error == "p-app-1 is created; p-db-1 is dead (exit code 137); p-web-1 is starting"
+    assert _docker.services_problems(by_service, ["app", "db", "web", "static", "cache"]) == {
+        "app": "created", "db": "dead (exit code 137)", "web": "starting", "cache": "no container"}
+    assert [_docker.still_starting(c[0]) for c in by_service.values()] == [False, False, True, False]
+    assert [_docker.failed_for_good(c[0]) for c in by_service.values()] == [False, True, False, False]
+    assert not _health.only_starting(by_service)  # a created container is not waiting for a healthcheck
 
 # -- the pause after a failed round: ended early once containers are no longer starting ---------
 
