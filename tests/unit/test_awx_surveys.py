@@ -207,6 +207,27 @@ def test_the_workflow_rolls_back_on_the_failure_edge():
         assert not (nodes[rollback[0]].get("related") or {}), "the rollback node must be the end of the line"
 
 
+def test_every_workflow_node_gets_the_answers_its_template_requires():
+    """AWX launches a node with the node's extra_data and the workflow's survey answers, and
+    answers a template's question with its default when neither does; a required question
+    without a default would fail the node before it runs (the deploy node would always take the
+    failure edge). The workflow's fields pass the argument spec of the deploy template's roles
+    like any survey field."""
+    templates = {template["name"]: template for template in templates_data()["job_templates"]}
+    for workflow in load_yaml(AWX_DIR / "workflows.yml")["workflow_job_templates"]:
+        assert workflow.get("survey_enabled") is True, workflow["name"]
+        survey = load_yaml(AWX_DIR / workflow["survey_spec_file"])
+        answered = {field["variable"] for field in survey["spec"]}
+        for node in workflow["workflow_nodes"]:
+            template = templates[node["unified_job_template"]["name"]]
+            given = answered | set(node.get("extra_data") or {})
+            required = {field["variable"] for field in load_yaml(AWX_DIR / template["survey_spec_file"])["spec"]
+                        if field.get("required") and field.get("default") in (None, "")}
+            assert required <= given, (workflow["name"], node["identifier"], sorted(required - given))
+        deploy = dict(templates["lastgood deploy"], survey_spec_file=workflow["survey_spec_file"])
+        assert check_template(deploy) == []
+
+
 # -- the checker catches what it is there for ----------------------------------------------------
 
 def snapshot_template(fields):
