@@ -238,6 +238,9 @@ def test_a_run_killed_half_way_resumes_when_run_again(orch):
     assert run.rc == 0, run.describe()
     outcome = run.outcome()
     assert outcome["resumed"] is True and outcome["run_id"] == interrupted["run_id"]
+    # The operator sees it at the start: the plan's task name says which run resumed.
+    names = [name for name, _result in run.task_results()]
+    assert any(name.endswith("; run %s, resumed after an interruption" % interrupted["run_id"]) for name in names), names
     assert outcome["result"] == "success" and orch.stack.image_id("app") == orch.v1_id
     line = orch.audit()[-1]
     assert line["run_id"] == interrupted["run_id"] and line["resumed"] == 1
