@@ -588,7 +588,6 @@ def test_only_starting_when_every_container_runs_and_some_healthcheck_has_not_pa
     assert not _health.only_starting({})
 
 
-
 def test_one_readiness_rule_serves_the_health_gate_and_the_service_waits():
     """The gate's message and the staged start's per-service reasons come from the same rule."""
     by_service = {"app": [_container("p-app-1", "app", state="created")],
@@ -602,6 +601,7 @@ def test_one_readiness_rule_serves_the_health_gate_and_the_service_waits():
     assert [_docker.still_starting(c[0]) for c in by_service.values()] == [False, False, True, False]
     assert [_docker.failed_for_good(c[0]) for c in by_service.values()] == [False, True, False, False]
     assert not _health.only_starting(by_service)  # a created container is not waiting for a healthcheck
+
 
 # -- the pause after a failed round: ended early once containers are no longer starting ---------
 
