@@ -184,11 +184,14 @@ def test_changelog_release_generates(tmp_path):
 # --- the runbooks ---------------------------------------------------------------------------
 
 def _known_variables():
-    """lastgood_* names a role or playbook reads: the collection-wide host and extra variables."""
+    """lastgood_* names a role or playbook reads: the collection-wide host and extra variables,
+    plus what the outcome role publishes with set_stats (lastgood_outcome: the job's artifacts)."""
     names = set()
     sources = list((REPO_ROOT / "roles").glob("*/defaults/*.yml")) + list((REPO_ROOT / "playbooks").glob("*.yml"))
     for path in sources:
         names |= set(re.findall(r"\blastgood_[a-z0-9_]+", path.read_text()))
+    published = (REPO_ROOT / "roles" / "outcome" / "tasks" / "main.yml").read_text()
+    names |= set(re.findall(r"'(lastgood_[a-z0-9_]+)'\s*:", published))
     return names
 
 
