@@ -987,6 +987,11 @@ def server_epoch(session):
     return float(session.run("SELECT extract(epoch FROM pg_catalog.clock_timestamp())::text")[0][0])
 
 
+def private_file(path):
+    """A new file at `path`, open for binary writing, readable and writable by its owner only."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600), "wb")
+
+
 def drop_database(session, name):
     session.run(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
@@ -1111,12 +1116,16 @@ def dump_database(module, target, database, dest_path, fmt="custom", jobs=1, com
         session.run("SET max_parallel_workers_per_gather = 0")
         moment = utc_now()
 
+        # The dump holds the data: readable by its owner only from its first byte (pg_dump keeps the
+        # mode of the file it writes into; the directory format's directory it makes 0700 itself).
         if target.kind == "direct":
             argv = _dump_argv(target, database, fmt, jobs, compress, snapshot, partial)
+            if fmt == "custom":
+                private_file(partial).close()
             proc = target.command(argv)
         elif fmt == "custom":
             argv = _dump_argv(target, database, fmt, jobs, compress, snapshot, None)
-            output_file = open(partial, "wb")  # pylint: disable=consider-using-with
+            output_file = private_file(partial)
             proc = target.command(argv, stdout=output_file)
         else:
             container_dir = target.container_dir()
@@ -1146,8 +1155,6 @@ def dump_database(module, target, database, dest_path, fmt="custom", jobs=1, com
         hashed = time.monotonic()
         digest, total = archive_digest(partial, fmt)
         timings["sha256_s"] = round(time.monotonic() - hashed, 3)
-        if fmt == "custom":
-            os.chmod(partial, 0o600)
         if overwrite and os.path.lexists(dest_path):
             remove_path(dest_path)
         os.rename(partial, dest_path)
@@ -1576,9 +1583,17 @@ class Restore:
     def _run_in_place(self):
         dumped, in_container = self.take_safety_dump()
         db = sql.Identifier(self.database)
-        self.maintenance.run(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(db))
-        self.blocked = True
-        drop_database(self.maintenance, self.database)  # WITH (FORCE): terminates its sessions first
+        try:
+            self.maintenance.run(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(db))
+            self.blocked = True
+            drop_database(self.maintenance, self.database)  # WITH (FORCE): terminates its sessions first
+        except PostgresError as exc:
+            # Refused (prepared transactions, a replication slot, a lock timeout): the database is
+            # still there, so it must accept connections again as it did.
+            self.unblock()
+            raise self.failure(exc, "could not drop %s, it is untouched%s (its safety dump is %s)" % (
+                quote_ident(self.database), "" if not self.blocked else " but still refuses connections",
+                dumped["path"]))
         self.blocked = False
         self.done("dropped %s (its safety dump is %s)" % (quote_ident(self.database), dumped["path"]))
         try:

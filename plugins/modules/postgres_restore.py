@@ -91,6 +91,8 @@ options:
   in_place_if_no_room:
     description:
       - When the disk has no room for a second copy, restore in place after a verified safety dump instead of refusing.
+      - The safety dump is taken after O(stop_services) stopped and before connections are blocked; what another client
+        commits while it runs is not in it. Stop every writer with O(stop_services) when you rely on it.
     type: bool
     default: false
   space_check:

@@ -96,6 +96,18 @@ def dump(server, tmp_path, name, **extra):
     return dest, run.result["dump"]
 
 
+def dump_alongside(server, tmp_path, name, work):
+    """dump() while `work(stop)` runs in a thread; `stop` (an Event) is set when the dump has ended."""
+    stop = threading.Event()
+    thread = threading.Thread(target=work, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        return dump(server, tmp_path, name)
+    finally:
+        stop.set()
+        thread.join()
+
+
 def restore(server, name, archive, recorded, snapshot_id="s1", check=False, **extra):
     return pg_server.run_module("postgres_restore", dict(conn(server), database=name, archive=archive, recorded=recorded,
                                                          snapshot_id=snapshot_id, **extra), check=check)
@@ -139,10 +151,9 @@ def test_dump_records_checksum_size_version_and_row_counts(server, names, tmp_pa
 def test_dump_counts_are_those_of_the_dump_while_writes_go_on(server, names, tmp_path):
     """Rows inserted during the dump are in neither the dump nor the counts: the restore verifies."""
     make_shop(server, names, customers=60000)
-    stop = threading.Event()
     inserted = []
 
-    def writer():
+    def writer(stop):
         db = server.connect(names)
         with db.cursor() as cur:
             while not stop.is_set():
@@ -150,13 +161,7 @@ def test_dump_counts_are_those_of_the_dump_while_writes_go_on(server, names, tmp
                 inserted.append(50)
         db.close()
 
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
-        dest, recorded = dump(server, tmp_path, names)
-    finally:
-        stop.set()
-        thread.join()
+    dest, recorded = dump_alongside(server, tmp_path, names, writer)
     assert inserted, "the writer did not run during the dump"
     assert recorded["tables"]["public.customers"] < server.table_counts(names)[("public", "customers")]
     run = restore(server, names, dest, recorded)
@@ -590,6 +595,27 @@ def tiny_tablespace(server, names):
     mount.rmdir()
 
 
+def test_a_dump_is_private_from_its_first_byte(server, names, tiny_tablespace, tmp_path):
+    """The partial file pg_dump writes into is 0600 from its creation, not only once complete: the
+    dump holds the data, and a large one is on disk for a while before it is renamed into place."""
+    seen = {}
+
+    def watch(stop):
+        while not stop.is_set():
+            for entry in os.scandir(tmp_path):
+                if ".partial-" in entry.name:
+                    try:
+                        seen.setdefault(entry.name, set()).add(entry.stat().st_mode & 0o777)
+                    except FileNotFoundError:
+                        pass
+            time.sleep(0.002)
+
+    dest, _recorded = dump_alongside(server, tmp_path, names, watch)
+    assert seen, "the partial file was never seen"
+    assert all(modes == {0o600} for modes in seen.values()), seen
+    assert os.stat(dest).st_mode & 0o777 == 0o600
+
+
 def free_bytes(path):
     stats = os.statvfs(path)
     return stats.f_bavail * stats.f_frsize
@@ -681,6 +707,28 @@ def test_in_place_restore_that_fails_puts_the_safety_dump_back(server, names, ti
     assert server.table_counts(names) == counts
     assert server.answers(names)
     assert _postgres.scratch_name(names) not in server.databases()
+
+
+def test_in_place_restore_refused_at_the_drop_leaves_the_database_open(server, names, tiny_tablespace, tmp_path):
+    """The drop is refused after connections were blocked (here by a logical replication
+    subscription, never connected; also prepared transactions or a replication slot): the database is
+    untouched and accepts connections again, not left blocked for the services started afterwards."""
+    dest, recorded = dump(server, tmp_path, names)
+    server.sql("DELETE FROM fill WHERE id > 150000", dbname=names)
+    counts = server.table_counts(names)
+    server.sql("CREATE SUBSCRIPTION lastgood_test_sub CONNECTION 'host=127.0.0.1 port=1 dbname=none' "
+               "PUBLICATION none WITH (connect = false, slot_name = NONE)", dbname=names)
+    try:
+        run = restore(server, names, dest, recorded, in_place_if_no_room=True, safety_dump_dir=str(tmp_path))
+        assert run.failed
+        msg = run.result["msg"]
+        assert msg.startswith('could not drop "%s", it is untouched (its safety dump is %s' % (names, tmp_path)), msg
+        assert "is being used by logical replication subscription" in msg and "\n" not in msg
+        assert server.sql("SELECT datallowconn FROM pg_database WHERE datname = %s", (names,)) == [(True,)]
+        assert server.answers(names)
+        assert server.table_counts(names) == counts
+    finally:
+        server.sql("DROP SUBSCRIPTION lastgood_test_sub", dbname=names)
 
 
 # -- the safety copy ----------------------------------------------------------------------------------
