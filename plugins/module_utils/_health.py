@@ -69,7 +69,7 @@ CHECK_ARGUMENT_SPEC = dict(
     max_latency_ms=dict(type="float"),
     method=dict(type="str"),
     validate_certs=dict(type="bool"),
-    headers=dict(type="dict"),
+    headers=dict(type="dict", no_log=True),  # an Authorization header is a secret
     # tcp and postgres
     host=dict(type="str"),
     port=dict(type="int"),

@@ -113,7 +113,7 @@ options:
       headers:
         description:
           - V(http) and V(prometheus). Extra request headers (for example C(Authorization) for a
-            Prometheus behind a proxy).
+            Prometheus behind a proxy). Their values are never logged nor returned.
         type: dict
       host:
         description:

@@ -48,11 +48,41 @@ options:
     default: false
   databases:
     description:
-      - Database access entries (as C(lastgood_databases) - C(name), C(service) or C(host), C(port), C(user),
-        C(password)) overriding what the manifest recorded, for O(measure_data_loss). Passwords default to C(PGPASSWORD).
+      - Database access entries (as C(lastgood_databases)) overriding what the manifest recorded, for
+        O(measure_data_loss). Passwords default to C(PGPASSWORD).
     type: list
     elements: dict
     default: []
+    suboptions:
+      name:
+        description: Database name.
+        type: str
+        required: true
+      service:
+        description: Compose service running PostgreSQL (compose-exec access).
+        type: str
+      host:
+        description: Server address for direct access.
+        type: str
+      port:
+        description: Server port; the recorded one when omitted.
+        type: int
+      user:
+        description: Database role; the recorded one when omitted.
+        type: str
+      password:
+        description: Password, given to the server through the connection only, never logged.
+        type: str
+      format:
+        description: Accepted so that C(lastgood_databases) entries pass as they are; not used here.
+        type: str
+        choices: [custom, directory]
+      jobs:
+        description: Accepted so that C(lastgood_databases) entries pass as they are; not used here.
+        type: int
+      compress:
+        description: Accepted so that C(lastgood_databases) entries pass as they are; not used here.
+        type: int
 requirements:
   - The Docker SDK for Python (C(docker)) with O(require_images) or O(measure_data_loss) of volumes.
   - C(psycopg2) to measure the rows of databases.
@@ -143,6 +173,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import
     project_root,
     utc_now,
 )
+from ansible_collections.lastgood.rollback.plugins.module_utils._snapshot_data import DATABASE_ENTRY_SPEC
 
 
 def newest_good_tag(module, project_dir):
@@ -218,15 +249,15 @@ def main():
             require_images=dict(type="bool", default=True),
             fail_when_none=dict(type="bool", default=False),
             measure_data_loss=dict(type="bool", default=False),
-            databases=dict(type="list", elements="dict", default=[]),
+            # The entries' options (password no_log) are known before AnsibleModule logs the invocation;
+            # no defaults, so that what an entry leaves out is taken from the record.
+            databases=dict(type="list", elements="dict", default=[], options=dict(
+                (key, {k: v for k, v in spec.items() if k != "default"}) for key, spec in DATABASE_ENTRY_SPEC.items())),
         ),
         required_one_of=PROJECT_LOOKUP_REQUIRED_ONE_OF,
         supports_check_mode=True,
     )
     params = module.params
-    for entry in params["databases"]:
-        if entry.get("password"):
-            module.no_log_values.add(str(entry["password"]))
     project_name = resolve_project_name(module, params)
     params["project_name"] = project_name
     try:

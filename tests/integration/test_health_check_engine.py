@@ -130,12 +130,14 @@ def test_every_check_type_against_the_demo_stack(stack, tmp_path):
     assert result["history"] == [["static", "db", "stack"]]
 
 
-def test_password_never_in_output_even_with_vvv(stack, tmp_path):
+def test_password_and_headers_never_in_output_even_with_vvv(stack, tmp_path):
     secret = "hc-secret-%s" % secrets.token_hex(8)
     s = stack(extra_env={"POSTGRES_PASSWORD": secret})
     db = dict(name="db", type="postgres", port=s.ports["db"], database="app")
 
-    by_option = health_check(tmp_path, dict(checks=[dict(db, password=secret)]), verbosity=3)
+    # A request header is a secret too (an Authorization for a Prometheus behind a proxy).
+    app = dict(name="app", url=s.url("app", "/health"), headers={"Authorization": "Bearer %s-header" % secret})
+    by_option = health_check(tmp_path, dict(checks=[dict(db, password=secret), app]), verbosity=3)
     assert by_option.result["healthy"] is True, by_option.output
     by_env = health_check(tmp_path, dict(checks=[db]), env={"PGPASSWORD": secret}, verbosity=3)
     assert by_env.result["healthy"] is True, by_env.output
@@ -148,6 +150,8 @@ def test_password_never_in_output_even_with_vvv(stack, tmp_path):
         assert secret not in run.output
     invocation_check = by_option.result["invocation"]["module_args"]["checks"][0]
     assert invocation_check["password"] == "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
+    assert by_option.result["invocation"]["module_args"]["checks"][1]["headers"] == {
+        "Authorization": "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"}
 
 
 def test_watch_catches_a_bad_release_and_the_wait_reports_it(stack, tmp_path):
