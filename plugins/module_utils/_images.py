@@ -58,12 +58,12 @@ class ImageRestore:
             if image_id(self.client, wanted_id) is None:
                 problems.append("service %s: image %s is no longer present locally" % (name, wanted_id))
                 continue
-            self.plan[name] = self._service_plan(live[name], wanted_ref, wanted_id)
+            self.plan[name] = self._service_plan(live[name], wanted_ref, wanted_id, entry.get("running", True))
         if problems:
             raise StepError("nothing changed: " + "; ".join(problems), problems=problems)
         return live
 
-    def _service_plan(self, live, reference, wanted_id):
+    def _service_plan(self, live, reference, wanted_id, was_running):
         before = live["configured_image_id"]
         running = live["container_image_ids"]
         retag = before != wanted_id
@@ -77,7 +77,9 @@ class ImageRestore:
             "retagged": retag,
             "rolled_back_tag": keep_tag,
             "container_image_ids": running,
-            "needs_recreate": running != [wanted_id] or not live["running"],
+            # Stopped on its own (a one-shot job that ran, a service stopped on purpose) and not running
+            # in the record either: nothing to bring back, and a second run must not recreate it again.
+            "needs_recreate": running != [wanted_id] or (not live["running"] and bool(was_running)),
         }
 
     def _free_rolled_back_tag(self, reference, image):
@@ -88,7 +90,7 @@ class ImageRestore:
             candidate = "%s:%s%s-%d" % (repository, ROLLED_BACK_TAG_PREFIX, self.stamp, counter)
         return candidate
 
-    def apply(self):
+    def apply(self, recreate=False):
         for name in sorted(self.plan):
             step = self.plan[name]
             if step["rolled_back_tag"]:
@@ -96,7 +98,7 @@ class ImageRestore:
                                                            step["rolled_back_tag"]))
             if step["retagged"]:
                 self.actions.append("tag %s as %s" % (short(step["after_image_id"]), step["image"]))
-            if step["needs_recreate"]:
+            if recreate and step["needs_recreate"]:
                 self.actions.append("recreate %s (runs %s)" % (
                     name, ", ".join(short(i) for i in step["container_image_ids"]) or "no container"))
             if self.check_mode:
@@ -126,11 +128,11 @@ def restore_images(client, project, recorded, all_recorded=None, tag_replaced=Tr
     from the verification) with the details gathered so far in its result."""
     restore = ImageRestore(client, project, recorded, tag_replaced=tag_replaced, check_mode=check_mode)
     live = restore.verify()
-    restore.apply()
+    restore.apply(recreate)
     plan = restore.plan
     recreate_names = sorted(name for name, step in plan.items() if step["needs_recreate"])
     result = dict(
-        changed=any(step["retagged"] for step in plan.values()),
+        changed=any(step["retagged"] for step in plan.values()) or bool(recreate and recreate_names),
         project_name=project.name,
         services=plan,
         recreate=recreate_names,

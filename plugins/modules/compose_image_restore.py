@@ -42,6 +42,8 @@ options:
   services:
     description:
       - Per service name the recorded C(image) reference and C(image_id), as in a snapshot manifest.
+      - A service whose entry says C(running=false) (a one-shot job, a service stopped on purpose) and whose
+        stopped container already has the recorded image is left stopped; without C(running) it counts as running.
       - When omitted, the module reads and verifies the snapshot O(snapshot_id) under O(backup_root) itself
         (manifest checksum, file copies, bad marker), which saves a separate M(lastgood.rollback.snapshot_info) call.
     type: dict
@@ -133,7 +135,9 @@ services:
       container_image_ids: [sha256:9d1e...]
       needs_recreate: true
 recreate:
-  description: Services whose containers do not run the recorded image, in name order.
+  description:
+    - Services whose containers do not run the recorded image, or that the record has running and that are
+      stopped, in name order. With O(recreate=true) these are recreated.
   returned: always
   type: list
   elements: str

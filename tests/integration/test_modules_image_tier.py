@@ -152,6 +152,37 @@ def test_compose_image_restore_check_real_check_real(bench):
     assert comparable(replanned, RESTORE_KEYS) == comparable(again, RESTORE_KEYS)
 
 
+def test_compose_image_restore_leaves_stopped_what_the_record_has_stopped(bench):
+    """A one-shot job that ran, or a service stopped on purpose: stopped now, on the recorded image,
+    and not running in the record either. Nothing to restore, so no run recreates it. Recorded as
+    running, the same service is planned for recreation, and check mode says it would change."""
+    bench.stack.compose("stop", "static")
+    try:
+        container = bench.stack.container("static")
+        assert container.status == "exited"
+        stopped = {"static": dict(bench.recorded["static"], running=False)}
+        args = {"project_dir": str(bench.stack.dir), "services": stopped, "recreate": True}
+        for check in (True, False, False):
+            result = bench.run("compose_image_restore", args, check=check)
+            assert result["changed"] is False, result
+            assert result["recreate"] == [] and result["unchanged"] == ["static"], result
+            assert not any(action.startswith("recreate") for action in result["actions"]), result
+        assert bench.stack.container_id("static") == container.id
+        assert bench.stack.container("static").status == "exited"
+
+        running = {"static": dict(bench.recorded["static"], running=True)}
+        planned = bench.run("compose_image_restore", dict(args, services=running), check=True)
+        assert planned["changed"] is True, planned
+        assert planned["recreate"] == ["static"]
+        assert "recreate static (runs %s)" % bench.stack.image_id("static")[7:19] in planned["actions"]
+        # Without recreate the module only names it: the caller recreates.
+        named = bench.run("compose_image_restore", dict(args, services=running, recreate=False), check=True)
+        assert named["changed"] is False and named["recreate"] == ["static"] and named["actions"] == []
+        assert bench.stack.container_id("static") == container.id
+    finally:
+        bench.stack.compose("start", "static")
+
+
 def test_compose_image_restore_refuses_an_unknown_only_service(bench):
     args = {"project_dir": str(bench.stack.dir), "services": bench.recorded, "only": ["app", "nosuch"]}
     before = bench.state()
