@@ -260,10 +260,17 @@ def main():
         actions = rotation.plan()
         if params["reset_sql"]:
             actions.append("run the password-reset SQL in database %s" % (params["reset_database"] or params["db_name"]))
+        marker_dir = os.path.dirname(os.path.abspath(params["marker"])) if params["marker"] else None
+        if marker_dir and not (os.path.isdir(marker_dir) and os.access(marker_dir, os.W_OK | os.X_OK)):
+            # Without its marker a rerun would rotate everything again: refused before any change.
+            raise BreachError("the marker's directory %s is not a writable directory: nothing rotated" % marker_dir)
         password = params["db_password"]
         if uses_db and params["db_password_env_key"]:
-            with open(rotation.env_path, encoding="utf-8") as handle:
-                password = read_env_value(handle.read(), params["db_password_env_key"])
+            try:
+                with open(rotation.env_path, encoding="utf-8") as handle:
+                    password = read_env_value(handle.read(), params["db_password_env_key"])
+            except OSError as exc:
+                raise BreachError("cannot read %s: %s: nothing rotated" % (rotation.env_path, exc.strerror))
             if password is None:
                 raise BreachError("%s has no %s" % (rotation.env_path, params["db_password_env_key"]))
         conn = None
@@ -295,16 +302,20 @@ def main():
             except psycopg2.Error as exc:
                 raise BreachError("the password-reset SQL failed (the secrets were rotated): %s"
                                   % " ".join(str(exc).split()), rotated=result["rotated"])
-        if params["marker"]:
-            write_atomic(params["marker"], json.dumps(dict(result["rotated"], rotated_at=utc_stamp(),
-                                                           password_reset_rows=result["password_reset_rows"]),
-                                                      indent=2, sort_keys=True) + "\n", 0o600)
         result["diff"] = dict(before={}, after={"rotated": result["rotated"]})
-        if params["incident_dir"]:
-            rotated = result["rotated"]
-            append_step(params["incident_dir"], "rotated", "env keys %s; files %s; roles %s; password resets %s" % (
-                ",".join(rotated["env_keys"]) or "-", ",".join(rotated["files"]) or "-", ",".join(rotated["roles"]) or "-",
-                "-" if result["password_reset_rows"] is None else result["password_reset_rows"]))
+        try:
+            if params["marker"]:
+                write_atomic(params["marker"], json.dumps(dict(result["rotated"], rotated_at=utc_stamp(),
+                                                               password_reset_rows=result["password_reset_rows"]),
+                                                          indent=2, sort_keys=True) + "\n", 0o600)
+            if params["incident_dir"]:
+                rotated = result["rotated"]
+                append_step(params["incident_dir"], "rotated", "env keys %s; files %s; roles %s; password resets %s" % (
+                    ",".join(rotated["env_keys"]) or "-", ",".join(rotated["files"]) or "-", ",".join(rotated["roles"]) or "-",
+                    "-" if result["password_reset_rows"] is None else result["password_reset_rows"]))
+        except OSError as exc:
+            raise BreachError("the secrets were rotated, but recording it failed: %s: %s"
+                              % (exc.filename, exc.strerror), rotated=result["rotated"])
     except BreachError as exc:
         fail_step(module, exc, changed=bool(exc.result.get("rotated")))
     except PG_ERRORS as exc:

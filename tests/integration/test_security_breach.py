@@ -269,6 +269,9 @@ def test_rotation_replaces_secrets_and_old_passwords_stop_working(pg, tmp_path):
     (dict(files=["../outside"]), "is not inside the project directory"),
     (dict(files=["secrets/missing.key"]), "does not exist: nothing rotated"),
     (dict(database_roles=[{"role": "no_such_role", "env_key": "APP_DB_PASSWORD"}]), "no_such_role do not exist"),
+    # Without its marker a rerun would rotate again: a marker that cannot be written is refused first.
+    (dict(marker="/nonexistent-lastgood-dir/rotated.json"),
+     "the marker's directory /nonexistent-lastgood-dir is not a writable directory: nothing rotated"),
 ])
 def test_rotation_refuses_unknown_names_and_changes_nothing(pg, tmp_path, change, message):
     project = _project(tmp_path, pg, "unused")
