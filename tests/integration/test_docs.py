@@ -27,6 +27,7 @@ RUNBOOKS = DOCS / "runbooks"
 RUNBOOK_NAMES = ["rollback", "config", "images", "code", "full", "deploy", "emergency", "security_breach"]
 
 MODULES = sorted(path.stem for path in (REPO_ROOT / "plugins" / "modules").glob("*.py") if not path.stem.startswith("_"))
+FILTERS = sorted(path.stem for path in (REPO_ROOT / "plugins" / "filter").glob("*.py"))
 ROLES = sorted(path.name for path in (REPO_ROOT / "roles").iterdir() if (path / "meta" / "argument_specs.yml").exists())
 PLAYBOOKS = sorted(path.stem for path in (REPO_ROOT / "playbooks").glob("*.yml"))
 # Roles and playbooks whose owners are still writing them; their examples and runbooks come with them.
@@ -100,6 +101,15 @@ def test_module_renders_with_examples(module_docs, name):
     assert isinstance(examples, list) and examples, "%s has no EXAMPLES" % name
     assert _tasks_using(examples, "%s.%s" % (FQCN, name)), "the EXAMPLES of %s never call %s.%s" % (name, FQCN, name)
     assert entry["return"] is not None, "%s has no RETURN" % name
+
+
+@pytest.mark.parametrize("name", FILTERS)
+def test_filter_renders_with_examples(name):
+    run = _run([_tool("ansible-doc"), "--json", "-t", "filter", "%s.%s" % (FQCN, name)])
+    assert run.returncode == 0 and "ERROR" not in run.stderr, run.stderr
+    entry = json.loads(run.stdout)["%s.%s" % (FQCN, name)]
+    assert entry["doc"]["short_description"] and entry["return"]
+    assert "%s.%s" % (FQCN, name) in (entry["examples"] or ""), "the EXAMPLES of %s never use it" % name
 
 
 def test_modules_render_as_text():
