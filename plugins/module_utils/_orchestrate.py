@@ -41,6 +41,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import
 
 LOCK = "rollback.lock"
 JOURNAL = "journal.json"
+LOCK_TTL_S = 3600  # the lease of a lock taken without a duration
 RUNS = "runs"
 AUDIT = "audit.jsonl"
 BAD_STATES = "bad-states.jsonl"
@@ -94,6 +95,18 @@ def plan_attempts(requested, differences, escalate=True):
     if first != ["full"]:
         attempts.append(["full"])
     return attempts if escalate else attempts[:1]
+
+
+def not_resumable(plan, snapshot_id=None, tier=None, escalate=None):
+    """Why a run asking for `snapshot_id`, `tier` and `escalate` must not resume an interrupted run
+    with `plan` (another snapshot, tier or escalation was asked for), or None when it may.
+    What the new run leaves unsaid (None) takes the interrupted plan's."""
+    asked = (("snapshot", snapshot_id, plan.get("snapshot_id")), ("tier", tier, plan.get("tier")),
+             ("escalate", escalate, plan.get("escalate")))
+    differ = ["%s %s, not %s" % (what, str(wanted).lower() if isinstance(wanted, bool) else wanted,
+                                 str(had).lower() if isinstance(had, bool) else had)
+              for what, wanted, had in asked if wanted is not None and had is not None and wanted != had]
+    return "; ".join(differ) or None
 
 
 # --- the lock -----------------------------------------------------------------------------
@@ -152,6 +165,8 @@ def read_json(path):
 
 def _lease(holder, ttl_s, now):
     holder = dict(holder)
+    # Kept, so that a renewal without a duration of its own renews for as long as the lock was taken.
+    holder["ttl_s"] = ttl_s
     holder["expires_at_epoch"] = now + ttl_s
     holder["expires_at"] = isoformat(_utc_from_epoch(now + ttl_s))
     return holder
@@ -354,8 +369,10 @@ def check_lock(root, holder):
     return current
 
 
-def renew_lock(root, holder, ttl_s):
+def renew_lock(root, holder, ttl_s=None):
+    """Extend the lease by `ttl_s`, by default as long as the lock was taken for."""
     current = check_lock(root, holder)
+    ttl_s = ttl_s or current.get("ttl_s") or LOCK_TTL_S
     _write_atomic(os.path.join(root, LOCK), json.dumps(_lease(current, ttl_s, time.time()), indent=2) + "\n", mode=0o640)
 
 

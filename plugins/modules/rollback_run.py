@@ -105,8 +105,9 @@ options:
     description:
       - Lease of the lock in seconds, renewed by every step. Only matters when the holder runs on another
         machine, whose process cannot be checked from here.
+      - Defaults to 3600 when the lock is taken; a step without it renews the lease for the time the lock was
+        taken for.
     type: int
-    default: 3600
   break_lock:
     description: Take the lock even from a live holder. Only when you are sure the other run is gone.
     type: bool
@@ -219,7 +220,7 @@ target:
   description:
     - With O(state=begin) and O(project_dir), the verified target snapshot - C(snapshot_id), C(snapshot_dir),
       C(project_name), C(created_at), C(git) (the recorded commit) - and C(differences) from what runs now
-      (C(files), C(images), C(services_added), C(git), C(any), C(summary), C(live)), as
+      (C(files), C(images), C(services_added), C(services_removed), C(git), C(any), C(summary), C(live)), as
       M(lastgood.rollback.snapshot_info) returns them.
   returned: when O(state=begin) and O(project_dir) is given
   type: dict
@@ -354,7 +355,7 @@ def begin(module, root, holder, hostname, assessment=None):
     params = module.params
     if target and params["differences"] is None:
         params["differences"] = target["differences"]
-    lock_state, previous = orch.acquire_lock(root, holder, params["lock_ttl_s"], hostname,
+    lock_state, previous = orch.acquire_lock(root, holder, params["lock_ttl_s"] or orch.LOCK_TTL_S, hostname,
                                              break_lock=params["break_lock"], check_mode=module.check_mode)
     if lock_state != "reentered" and not module.check_mode:
         # Runs of other kinds interrupted under a lock this run took over (a deploy killed half
@@ -364,6 +365,15 @@ def begin(module, root, holder, hostname, assessment=None):
             if stale is not None:
                 close_interrupted(module, root, stale, hostname)
     journal = orch.load_journal(root, params["kind"])
+    if journal is not None and lock_state != "reentered":
+        # The same command run again resumes; one asking for another snapshot, tier or escalation
+        # closes the interrupted run and starts its own (never replays an old plan under a new name).
+        why = orch.not_resumable(journal.get("plan") or {}, target["snapshot_id"] if target else None,
+                                 params["tier"], params["escalate"] if params["tier"] else None)
+        if why:
+            if not module.check_mode:
+                close_interrupted(module, root, journal, hostname, why)
+            journal = None
     resumed = False
     applied = None
     if journal is None:
@@ -399,8 +409,8 @@ def begin(module, root, holder, hostname, assessment=None):
                 done=orch.done_steps(journal))
 
 
-def close_interrupted(module, root, journal, hostname):
-    message = "interrupted; closed by a later %s run" % module.params["kind"]
+def close_interrupted(module, root, journal, hostname, why=None):
+    message = "interrupted; closed by a later %s run%s" % (module.params["kind"], " (%s)" % why if why else "")
     record = orch.audit_record(journal, "interrupted", {"message": message}, hostname, utc_now())
     orch.append_line(audit_path(module, root), record)
     orch.archive_run(root, journal, orch.render_report(module.params["project_name"], record, journal))
@@ -526,7 +536,7 @@ def main():
             holder=dict(type="dict"),
             reason=dict(type="str", default=""),
             user=dict(type="str"),
-            lock_ttl_s=dict(type="int", default=3600),
+            lock_ttl_s=dict(type="int"),
             break_lock=dict(type="bool", default=False),
             plan=dict(type="dict"),
             tier=dict(type="str", choices=["auto", "config", "images", "code", "full"]),
@@ -553,7 +563,7 @@ def main():
         params["project_name"] = resolve_project_name(module, params)
     hostname = socket.gethostname()
     holder = params["holder"] or {"host": hostname, "pid": os.getppid(), "user": None}
-    if params["lock_ttl_s"] <= 0:
+    if params["lock_ttl_s"] is not None and params["lock_ttl_s"] <= 0:
         module.fail_json(msg="lock_ttl_s must be positive")
     try:
         root = project_root(params["backup_root"], params["project_name"])

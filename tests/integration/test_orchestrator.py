@@ -247,6 +247,24 @@ def test_a_run_killed_half_way_resumes_when_run_again(orch):
     assert not journal.exists() and not (orch.root / "rollback.lock").exists()
 
 
+def test_a_run_asking_for_another_tier_closes_the_interrupted_one_and_starts_its_own(orch):
+    """Not a resume: the interrupted run's plan is not replayed under the new request's name."""
+    orch.break_app()
+    journal = orch.root / "journal.json"
+    interrupted = ansible_run.kill_at_journal_step("rollback", orch.inventory, journal, "attempt-1", timeout=60)
+
+    run = orch.run(extra_vars={"lastgood_tier": "images"})
+    assert run.rc == 0, run.describe()
+    outcome = run.outcome()
+    assert outcome["resumed"] is False and outcome["run_id"] != interrupted["run_id"]
+    assert outcome["result"] == "success" and orch.stack.image_id("app") == orch.v1_id
+    closed, done = orch.audit()[-2:]
+    assert closed["run_id"] == interrupted["run_id"] and closed["result"] == "interrupted"
+    assert closed["message"] == "interrupted; closed by a later rollback run (tier images, not auto)"
+    assert done["run_id"] == outcome["run_id"] and done["resumed"] == 0 and done["tiers"] == ["images"]
+    assert not journal.exists() and not (orch.root / "rollback.lock").exists()
+
+
 def test_the_full_tier_without_confirmation_is_refused_and_changes_nothing(orch):
     orch.break_app()
     before = orch.containers()

@@ -193,3 +193,38 @@ def test_an_audit_log_that_cannot_be_written_is_a_warning_of_the_result(project_
     # The raw module result: ansible-core >= 2.19 gives each warning as a structure, older ones as a string.
     assert "audit line of this run could not be written" in json.dumps(result["warnings"]), result
     assert not (project_root / PROJECT / orch.LOCK).exists()
+
+
+# -- resuming an interrupted run -------------------------------------------------------------------
+
+PLAN = {"snapshot_id": "20261130T090000Z", "tier": "auto", "escalate": True}
+
+
+@pytest.mark.parametrize("asked, why", [
+    (dict(snapshot_id="20261130T090000Z", tier="auto", escalate=True), None),
+    (dict(), None),  # what the new run leaves unsaid is the interrupted plan's
+    (dict(snapshot_id="20261201T080000Z"), "snapshot 20261201T080000Z, not 20261130T090000Z"),
+    (dict(tier="full", escalate=True), "tier full, not auto"),
+    (dict(tier="auto", escalate=False), "escalate false, not true"),
+    (dict(snapshot_id="s2", tier="full"), "snapshot s2, not 20261130T090000Z; tier full, not auto"),
+])
+def test_only_the_same_request_resumes_an_interrupted_run(asked, why):
+    assert orch.not_resumable(PLAN, **asked) == why
+
+
+def test_a_plan_without_a_target_is_resumed_by_any_run():
+    # A deploy's plan, or one written before plans named their snapshot.
+    assert orch.not_resumable({}, snapshot_id="s1", tier="full", escalate=False) is None
+
+
+@pytest.mark.parametrize("taken_for, renewed_with, lasts", [(14400, None, 14400), (14400, 600, 600), (None, None, 3600)])
+def test_a_step_renews_the_lease_for_as_long_as_the_lock_was_taken(tmp_path, taken_for, renewed_with, lasts):
+    """A long restore's lock (lastgood_lock_ttl_s=14400) is not cut to the default hour by its first step."""
+    root = os.path.join(str(tmp_path), PROJECT)
+    os.makedirs(root)
+    orch.acquire_lock(root, me(), taken_for or orch.LOCK_TTL_S, HOST)
+    before = time.time()
+    orch.renew_lock(root, me(), renewed_with)
+    lease = json.loads(Path(root, orch.LOCK).read_text())
+    assert before + lasts - 1 <= lease["expires_at_epoch"] <= time.time() + lasts
+    assert lease["ttl_s"] == lasts
