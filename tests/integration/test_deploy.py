@@ -7,6 +7,7 @@ back automatically, and the run fails saying why."""
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
@@ -129,3 +130,49 @@ def test_an_inconclusive_watch_aborts_without_promoting_or_rolling_back(deployed
     lkg = ansible_run.read_manifest(deployed.backup_root, deployed.stack.project, last_known_good(deployed))
     assert lkg["reason"].startswith("before deploy")
     assert not (deployed.root / "rollback.lock").exists()
+
+
+def test_a_healthy_release_whose_promotion_fails_closes_its_run_and_says_so(deployed, docker_client):
+    """The snapshot that would mark the new version last known good fails (here a volume it must
+    archive vanished during the watch; in life a full disk): the new version stays, the run's
+    record is closed as failed and the lock released, and the play fails saying what happened."""
+    volume = docker_client.volumes.create("lgtest-%s-extra" % deployed.stack.project)
+    journal = deployed.root / "journal-deploy.json"
+    removed = []
+
+    def remove_after_the_first_snapshot():
+        def recorded():
+            try:
+                return any(step["step"] == "snapshot" for step in json.loads(journal.read_text())["steps"])
+            except (OSError, ValueError, KeyError):
+                return False
+        stacks.wait_until(recorded, 120, interval=0.05, message="the deploy recorded its snapshot")
+        volume.remove()
+        removed.append(True)
+
+    before = last_known_good(deployed)
+    remover = threading.Thread(target=remove_after_the_first_snapshot, daemon=True)
+    remover.start()
+    try:
+        run = deploy(deployed, {"APP_EXTRA_LATENCY_MS": "3"}, lastgood_volumes=[volume.name])
+    finally:
+        remover.join(timeout=130)
+        if not removed:
+            volume.remove(force=True)
+    assert removed, "the volume was not removed during the deploy"
+    assert run.rc != 0
+    outcome = run.outcome()
+    assert outcome["verdict"] == "healthy" and outcome["result"] == "failed" and outcome["healthy"] is True, outcome
+    assert outcome["promoted"] == "" and "does not exist" in outcome["promote_error"]
+    assert run.failure_msg().startswith("the new version passed its watch and runs, but marking it last known good "
+                                        "failed: "), run.failure_msg()
+    assert run.failure_msg().endswith("; not promoted, nothing rolled back")
+    assert env_value(deployed, "APP_EXTRA_LATENCY_MS") == "3", "the healthy new version was rolled back"
+    # Last known good is the state before this deploy (its own snapshot), never the unrecorded new version.
+    assert last_known_good(deployed) != before
+    lkg = ansible_run.read_manifest(deployed.backup_root, deployed.stack.project, last_known_good(deployed))
+    assert lkg["reason"].startswith("before deploy")
+    audit = json.loads((deployed.root / "audit.jsonl").read_text().splitlines()[-1])
+    assert audit["kind"] == "deploy" and audit["result"] == "failed"
+    assert "marking it last known good failed" in audit["message"]
+    assert not journal.exists() and not (deployed.root / "rollback.lock").exists()
