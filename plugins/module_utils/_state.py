@@ -79,6 +79,7 @@ def compare_with_manifest(module, project, client, manifest):
         if name not in live or live[name]["container_image_ids"] != [entry.get("image_id")]
     )
     added = sorted(set(live) - set(recorded))
+    removed = sorted(set(recorded) - set(live))
     files = []
     for rel, meta in sorted((manifest.get("files") or {}).items()):
         path = os.path.join(project.project_dir, rel)
@@ -111,6 +112,7 @@ def compare_with_manifest(module, project, client, manifest):
     return {
         "images": images,
         "services_added": added,
+        "services_removed": removed,
         "files": files,
         "git": git,
         "any": bool(images or added or files or git),

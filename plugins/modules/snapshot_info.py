@@ -127,6 +127,10 @@ differences:
       description: Services of the project the snapshot does not know.
       type: list
       elements: str
+    services_removed:
+      description: Services of the snapshot the project no longer has (also listed in RV(differences.images)).
+      type: list
+      elements: str
     files:
       description: Recorded configuration files that changed or are missing.
       type: list

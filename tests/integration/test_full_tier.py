@@ -139,3 +139,25 @@ def test_the_rollback_full_playbook_runs_the_tier_on_its_own(full, docker_client
     line = [json.loads(x) for x in (full.root / "audit.jsonl").read_text().splitlines()][-1]
     assert line["result"] == "success" and line["tiers"] == ["full"], line
     assert not (full.root / "rollback.lock").exists()
+
+
+def test_the_full_tier_stops_the_services_running_now_not_the_snapshots(full):
+    """A release renamed a service (static -> static2, on the same port). The stop step stops
+    what runs now, static2 included, and does not ask compose for the static it no longer knows;
+    the restored configuration brings static back and the renamed one is removed as an orphan."""
+    compose_file = full.stack.dir / "compose.yaml"
+    compose_file.write_text(compose_file.read_text().replace("\n  static:\n", "\n  static2:\n"))
+    full.stack.compose("up", "-d", "--remove-orphans", "--wait", "static2")
+    assert full.stack.container("static2").status == "running"
+
+    run = ansible_run.run_playbook("rollback_full", full.inventory, extra_vars={"lastgood_confirm": True}, timeout=600)
+    assert run.rc == 0, run.describe()
+    line = [json.loads(x) for x in (full.root / "audit.jsonl").read_text().splitlines()][-1]
+    assert line["result"] == "success", line
+    steps = json.loads((full.root / "runs" / line["run_id"] / "journal.json").read_text())["steps"]
+    stopped = [s["data"]["stopped"] for s in steps if s["step"].endswith(":stop") and s["status"] == "done"]
+    assert stopped == [["app", "static2"]], steps
+    assert full.stack.container("static").status == "running" and full.stack.health("static") == "healthy"
+    with pytest.raises(LookupError):
+        full.stack.container("static2")
+    assert "static2" not in compose_file.read_text()
