@@ -54,6 +54,12 @@ options:
     description:
       - Free text stored in the manifest, for example the deploy that follows.
     type: str
+  bad_reason:
+    description:
+      - Publish the snapshot already marked bad with this reason, as M(lastgood.rollback.snapshot_mark) marks one -
+        a safety snapshot kept for forensics and to get data back, never a rollback target.
+      - The marker is written before the snapshot appears, so a run killed right after never leaves it selectable.
+    type: str
   pin_images:
     description:
       - Tag each recorded image ID as C(<repository>:lastgood-<project>-<snapshot_id>).
@@ -165,6 +171,11 @@ snapshot_dir:
   returned: always
   type: str
   sample: /var/backups/lastgood/shop/20261130T084512Z
+bad:
+  description: The reason the snapshot is marked bad (O(bad_reason)), or null.
+  returned: always
+  type: str
+  sample: the state replaced by a full rollback to 20261130T084512Z
 manifest:
   description: The manifest written to C(manifest.json).
   returned: always
@@ -260,6 +271,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import
     snapshot_path,
     start_staging,
     utc_now,
+    write_bad_marker,
 )
 from ansible_collections.lastgood.rollback.plugins.module_utils._snapshot_data import (
     DATABASE_ENTRY_SPEC,
@@ -346,6 +358,7 @@ def main():
         config_files=dict(type="list", elements="str", default=[]),
         snapshot_id=dict(type="str"),
         reason=dict(type="str"),
+        bad_reason=dict(type="str"),
         pin_images=dict(type="bool", default=True),
         keep=dict(type="int", default=10),
         keep_replaced=dict(type="int", default=5),
@@ -407,7 +420,7 @@ def main():
     }
     path = snapshot_path(params["backup_root"], project.name, snapshot_id)
     result = dict(changed=True, snapshot_id=snapshot_id, snapshot_dir=path, manifest=manifest,
-                  services_not_running=not_running)
+                  services_not_running=not_running, bad=params["bad_reason"] or None)
     for name in not_running:
         module.warn("service %s has no running container; its configured image is recorded" % name)
 
@@ -434,6 +447,8 @@ def main():
             if entry["pin"]:
                 client.api.tag(entry["image_id"], *entry["pin"].rsplit(":", 1))
                 pinned[name] = entry
+        if params["bad_reason"]:
+            write_bad_marker(staging, params["bad_reason"], moment)
         finish_staging(staging, root, snapshot_id, manifest)
     except DataError as exc:
         # Nothing of an unpublished snapshot stays behind: neither its files nor its pins.

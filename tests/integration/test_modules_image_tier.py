@@ -9,6 +9,7 @@ nothing on the engine or on disk, and the second real run must change nothing.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -291,3 +292,19 @@ def test_snapshot_mark_check_real_check_real(bench):
     assert not (snapshot_dir / "BAD").exists()
     assert [r["bad"] for r in unmarked] == [None] * 4
     assert os.readlink(root / "last-known-good") == snapshot_id
+
+
+def test_snapshot_create_publishes_a_snapshot_already_marked_bad(bench):
+    """A safety snapshot: never selectable, not even for a moment, even if the run dies right after."""
+    created = bench.run("snapshot_create", {"project_dir": str(bench.stack.dir), "backup_root": str(bench.backup_root),
+                                            "reason": "safety snapshot (test)", "bad_reason": "replaced by a test"})
+    assert created["changed"] is True and created["bad"] == "replaced by a test"
+    snapshot_dir = bench.backup_root / bench.stack.project / created["snapshot_id"]
+    assert json.loads((snapshot_dir / "BAD").read_text())["reason"] == "replaced by a test"
+    info = bench.run("snapshot_info", {"project_dir": str(bench.stack.dir), "backup_root": str(bench.backup_root),
+                                       "snapshot_id": created["snapshot_id"], "allow_bad": True})
+    assert info["bad"]["reason"] == "replaced by a test"
+    refused = ansible_run.run_module(bench.inventory, "snapshot_mark", {
+        "project_name": bench.stack.project, "backup_root": str(bench.backup_root),
+        "snapshot_id": created["snapshot_id"], "state": "last_known_good"}, bench.work)
+    assert refused.rc == 2 and "marked bad" in refused.failure_msg(), refused.describe()
