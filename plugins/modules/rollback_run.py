@@ -385,6 +385,7 @@ def begin(module, root, holder, hostname, assessment=None):
             plan.setdefault("snapshot_id", target["snapshot_id"])
             plan.setdefault("from", target["differences"]["live"])
             plan.setdefault("differences", target["differences"]["summary"])
+            plan.setdefault("differed", target["differences"]["any"])
         journal = orch.new_journal(params["kind"], params["reason"], params["user"] or holder.get("user"), plan, holder,
                                    started_epoch=params["started_epoch"])
         if params["first_step"]:
