@@ -132,6 +132,27 @@ def test_an_inconclusive_watch_aborts_without_promoting_or_rolling_back(deployed
     assert not (deployed.root / "rollback.lock").exists()
 
 
+def test_a_deploy_killed_during_its_watch_resumes_without_snapshotting_the_release(deployed):
+    """Run again after a kill, the deploy keeps the interrupted one's snapshot of the state before
+    it: the release on trial (running now) never becomes the way back."""
+    journal = deployed.root / "journal-deploy.json"
+    env = {"APP_EXTRA_LATENCY_MS": "5"}
+    interrupted = ansible_run.kill_at_journal_step("deploy", deployed.inventory, journal, "snapshot", status="done",
+                                                   extra_vars={"lastgood_deploy_env": env}, timeout=120)
+    before_id = [s for s in interrupted["steps"] if s["step"] == "snapshot"][0]["data"]["snapshot_id"]
+
+    run = deploy(deployed, env)
+    assert run.rc == 0, run.describe()
+    outcome = run.outcome()
+    assert outcome["result"] == "success" and outcome["run_id"] == interrupted["run_id"]
+    taken = [manifest.parent.name for manifest in sorted(deployed.root.glob("*/manifest.json"))
+             if (json.loads(manifest.read_text())["reason"] or "").startswith("before deploy %s" % interrupted["run_id"])]
+    assert taken == [before_id], "the resumed deploy snapshotted the release on trial"
+    audit = json.loads((deployed.root / "audit.jsonl").read_text().splitlines()[-1])
+    assert audit["kind"] == "deploy" and audit["run_id"] == interrupted["run_id"] and audit["resumed"] == 1
+    assert not journal.exists() and not (deployed.root / "rollback.lock").exists()
+
+
 def test_a_healthy_release_whose_promotion_fails_closes_its_run_and_says_so(deployed, docker_client):
     """The snapshot that would mark the new version last known good fails (here a volume it must
     archive vanished during the watch; in life a full disk): the new version stays, the run's
