@@ -284,6 +284,11 @@ def plan_rollback(repo, target, mode, stash, backup_id, target_label=None):
     if changed and existing is not None and existing != head:
         raise GitError("backup ref %s already exists (at %s); choose another backup_ref_id, nothing changed"
                        % (backup_ref, short(existing)))
+    # At the target, with this id's backup ref elsewhere: the move was made by a run of the same id
+    # that was interrupted; what it moved is what still has to be rebuilt.
+    resumed = at_target and existing is not None and existing != head
+    if resumed:
+        files = repo.changed_files(existing, wanted)
     return {
         "target": wanted,
         "target_ref": label,
@@ -298,6 +303,7 @@ def plan_rollback(repo, target, mode, stash, backup_id, target_label=None):
         "files": files,
         "changed": changed,
         "at_target": at_target,
+        "resumed": resumed,
     }
 
 

@@ -90,6 +90,9 @@ options:
     description:
       - The C(<id>) of C(refs/lastgood/before-<id>) and of the stash C(lastgood before-<id>). Default - the current
         UTC time, C(YYYYmmddTHHMMSSZ). Required with O(state=restored).
+      - Run again with the same id after an interruption, when the tree is already at the target, the module finds
+        the move that id made (its backup ref) and returns what it moved in RV(services_to_rebuild) again
+        (RV(resumed)), so that a rebuild the interruption prevented is not skipped.
     type: str
   stash:
     description:
@@ -214,10 +217,16 @@ services_from_source:
   type: list
   elements: str
 services_to_rebuild:
-  description: Services built from source whose build context (or Dockerfile) holds a changed or stashed file.
+  description:
+    - Services built from source whose build context (or Dockerfile) holds a changed or stashed file.
+    - With RV(resumed), those of the move an interrupted run of the same O(backup_ref_id) made.
   returned: when O(state=rolled_back)
   type: list
   elements: str
+resumed:
+  description: The tree was already at the target, moved there by an earlier run with the same O(backup_ref_id).
+  returned: when O(state=rolled_back)
+  type: bool
 tag:
   description: With O(state=tagged), the tag at HEAD (the existing C(lastgood/good-*) one when unchanged).
   returned: when O(state=tagged)
@@ -317,7 +326,8 @@ def rolled_back(module, repo, params, stamp):
         commits=plan["commits"],
         files=plan["files"],
         services_from_source=built,
-        services_to_rebuild=affected if plan["changed"] else [],
+        services_to_rebuild=affected if (plan["changed"] or plan["resumed"]) else [],
+        resumed=plan["resumed"],
         actions=actions,
     )
     result["diff"] = dict(

@@ -343,6 +343,14 @@ def test_check_mode_equals_the_real_run_and_the_second_run_changes_nothing(idle_
     assert cycle.results["check again"]["changed"] is False and cycle.results["run again"]["changed"] is False
     assert real["services_to_rebuild"] == ["web"] and real["services_from_source"] == ["web"]
     assert idle_repo.refs() == {"refs/lastgood/before-cycle": idle_repo.bad}
+    # The same id again (a run resumed after an interruption between the move and the rebuild): the
+    # move it made is found, so the rebuild is not skipped. Another id has nothing to rebuild.
+    again = cycle.results["run again"]
+    assert again["resumed"] is True and again["services_to_rebuild"] == ["web"] and real["resumed"] is False
+    other = run_git_revert(idle_repo, tmp_path, target=idle_repo.good, backup_ref_id="another")
+    assert other.rc == 0, other.describe()
+    assert other.result()["changed"] is False and other.result()["resumed"] is False
+    assert other.result()["services_to_rebuild"] == []
 
 
 # -- failures after the move: the tree goes back ---------------------------------------------------
