@@ -426,7 +426,9 @@ def test_an_unhealthy_gate_returns_the_tree_or_leaves_it_for_the_orchestrator(re
 
 
 def test_the_orchestrator_picks_the_code_tier_for_a_bad_commit(repos, docker_client, tmp_path):
-    """rollback.yml with tier auto: another commit is a code difference, so the code tier runs."""
+    """rollback.yml with tier auto: another commit is a code difference, so the code tier runs,
+    to the snapshot's commit even with a `lastgood_git_ref` left in the inventory (that variable
+    is for rollback_code.yml on its own; the orchestrator's plan names the snapshot's commit)."""
     repo = repos()
     backup_root = tmp_path / "backups"
     inventory = ansible_run.write_inventory(tmp_path, repo.host_vars(backup_root), name=repo.project + "-auto.yml")
@@ -437,6 +439,8 @@ def test_the_orchestrator_picks_the_code_tier_for_a_bad_commit(repos, docker_cli
         bad = repo.commit_bad()
         repo.deploy()
         wait_version(repo, "bad")
+        inventory = ansible_run.write_inventory(tmp_path, repo.host_vars(backup_root, lastgood_git_ref=bad),
+                                                name=repo.project + "-auto-ref.yml")
         run = ansible_run.run_playbook("rollback", inventory, extra_vars=SHORT_GATE)
         assert run.rc == 0, run.describe()
         outcome = run.outcome()

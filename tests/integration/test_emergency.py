@@ -150,6 +150,26 @@ def test_recover_in_check_mode_changes_nothing(emergency):
     assert (states(stack), ansible_run.tree_state(emergency.backup_root), git_head(stack)) == before
 
 
+def test_a_recovery_refused_by_another_runs_lock_leaves_the_stack_running(emergency):
+    """The full tier stops the application only after it holds the lock and has verified the
+    snapshot: a recovery refused at the lock leaves every container as it was, running."""
+    stack = emergency.stack
+    services = ("app", "db", "static")
+    before = ({service: stack.container_id(service) for service in services}, states(stack),
+              support.count_rows(emergency.connect), git_head(stack))
+    with ansible_run.OtherRunLock(emergency.backup_root, stack.project) as other:
+        run = ansible_run.run_playbook("emergency_recover", emergency.inventory, timeout=600)
+        assert run.rc != 0, run.describe()
+        assert "another rollback holds the lock" in run.failure_msg() and "pid %d" % other.pid in run.failure_msg()
+        after = ({service: stack.container_id(service) for service in services}, states(stack),
+                 support.count_rows(emergency.connect), git_head(stack))
+    assert after == before
+    assert all(state == "running" for state in after[1].values())
+    audit = [line for line in support.audit_lines(emergency.backup_root, stack.project) if line["kind"] == "emergency"][-1]
+    assert (audit["action"], audit["result"]) == ("recover", "failed")
+    assert "another rollback holds the lock" in audit["message"], audit
+
+
 def test_recover_passes_over_a_damaged_snapshot_and_restores_the_previous_one(emergency):
     stack = emergency.stack
     older, newest = emergency.snapshots

@@ -191,6 +191,24 @@ def test_a_second_run_finds_nothing_to_do_and_changes_nothing(orch):
     assert orch.containers() == before
 
 
+def test_a_run_killed_on_a_matching_stack_checks_its_health_again_and_restores_nothing(orch):
+    """Killed right after it opened its journal (its plan: only the full tier, since nothing
+    differs), an auto run on a stack that matches its snapshot asks the stack's health again when
+    resumed, rather than going on to restore the data of a healthy stack."""
+    before = orch.containers()
+    journal = orch.root / "journal.json"
+    interrupted = ansible_run.kill_at_journal_step("rollback", orch.inventory, journal, "attempt-1", timeout=60)
+    assert interrupted["plan"]["attempts"] == [["full"]], interrupted["plan"]
+
+    run = orch.run()
+    assert run.rc == 0, run.describe()
+    outcome = run.outcome()
+    assert outcome["resumed"] is True and outcome["run_id"] == interrupted["run_id"]
+    assert outcome["result"] == "success" and outcome["tiers"] == [] and "nothing to roll back" in outcome["message"]
+    assert orch.containers() == before
+    assert not journal.exists() and not (orch.root / "rollback.lock").exists()
+
+
 def test_a_live_lock_refuses_a_second_rollback_at_once_naming_the_holder(orch):
     holder = subprocess.Popen(["sleep", "60"])
     try:
@@ -230,6 +248,8 @@ def test_a_lock_whose_holder_died_is_taken_over(orch):
 
 def test_a_run_killed_half_way_resumes_when_run_again(orch):
     orch.break_app()
+    bad_states = orch.root / "bad-states.jsonl"
+    remembered = len(bad_states.read_text().splitlines())
     journal = orch.root / "journal.json"
     interrupted = ansible_run.kill_at_journal_step("rollback", orch.inventory, journal, "attempt-1", timeout=60)
     assert (orch.root / "rollback.lock").exists(), "the killed run's lock is gone"
@@ -245,6 +265,10 @@ def test_a_run_killed_half_way_resumes_when_run_again(orch):
     line = orch.audit()[-1]
     assert line["run_id"] == interrupted["run_id"] and line["resumed"] == 1
     assert not journal.exists() and not (orch.root / "rollback.lock").exists()
+    # The state rolled back away from is remembered as the run first found it (the image tier
+    # may have run before the kill: the resumed run then compares a stack that matches).
+    bad = [json.loads(text) for text in bad_states.read_text().splitlines()]
+    assert len(bad) == remembered + 1 and bad[-1]["images"]["app"] == orch.v2_id, bad[remembered:]
 
 
 def test_a_run_asking_for_another_tier_closes_the_interrupted_one_and_starts_its_own(orch):
