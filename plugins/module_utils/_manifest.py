@@ -160,6 +160,16 @@ def write_atomic(path, data, mode=0o640, prefix=".tmp-"):
 
 _write_atomic = write_atomic
 
+# A file created new: never one that exists, never through a symlink, not inherited by children.
+NEW_FILE_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                  | getattr(os, "O_CLOEXEC", 0))
+
+
+def create_private(path, mode=0o600):
+    """A new file at `path` (NEW_FILE_FLAGS), open for binary writing, with `mode` from its first
+    byte: readable by its owner only by default, also while it is being written."""
+    return os.fdopen(os.open(path, NEW_FILE_FLAGS, mode), "wb")
+
 
 def manifest_bytes(manifest):
     return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")

@@ -48,6 +48,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._compose import 
 from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import (
     ManifestError,
     check_safe_name,
+    create_private,
     isoformat,
     sha256_file,
     utc_now,
@@ -987,11 +988,6 @@ def server_epoch(session):
     return float(session.run("SELECT extract(epoch FROM pg_catalog.clock_timestamp())::text")[0][0])
 
 
-def private_file(path):
-    """A new file at `path`, open for binary writing, readable and writable by its owner only."""
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600), "wb")
-
-
 def drop_database(session, name):
     session.run(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
@@ -1121,11 +1117,11 @@ def dump_database(module, target, database, dest_path, fmt="custom", jobs=1, com
         if target.kind == "direct":
             argv = _dump_argv(target, database, fmt, jobs, compress, snapshot, partial)
             if fmt == "custom":
-                private_file(partial).close()
+                create_private(partial).close()
             proc = target.command(argv)
         elif fmt == "custom":
             argv = _dump_argv(target, database, fmt, jobs, compress, snapshot, None)
-            output_file = private_file(partial)
+            output_file = create_private(partial)
             proc = target.command(argv, stdout=output_file)
         else:
             container_dir = target.container_dir()

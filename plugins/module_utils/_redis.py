@@ -57,7 +57,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._docker import (
     one_line,
     project_containers,
 )
-from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import isoformat, utc_now
+from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import create_private, isoformat, utc_now
 from ansible_collections.lastgood.rollback.plugins.module_utils._volumes import VolumeError, check_snapshot_id, isoformat_ts
 from ansible_collections.lastgood.rollback.plugins.module_utils._errors import StepError
 
@@ -147,8 +147,7 @@ def copy_with_sha256(source, dest, mode=0o600):
     """Copy `source` to `dest` (created new, fsync'ed); (sha256, size) of the bytes written."""
     digest = hashlib.sha256()
     size = 0
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
-    with os.fdopen(fd, "wb") as out:
+    with create_private(dest, mode) as out:
         with open(source, "rb") as handle:
             for block in iter(lambda: handle.read(CHUNK), b""):
                 out.write(block)

@@ -81,6 +81,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._docker import (
 from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import (
     ManifestError,
     check_safe_name,
+    create_private,
     isoformat,
     utc_now,
 )
@@ -96,8 +97,6 @@ _VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{1,254}$")
 _MAX_LINK_HOPS = 40
 _MODULUS = 1 << 256
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-_CREATE_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-                 | getattr(os, "O_CLOEXEC", 0))
 
 
 class VolumeError(StepError):
@@ -793,8 +792,7 @@ class SafeExtractor:
 
     @staticmethod
     def _write_file(tar, member, path):
-        fd = os.open(path, _CREATE_FLAGS, 0o600)
-        with os.fdopen(fd, "wb") as handle:
+        with create_private(path) as handle:
             source = tar.extractfile(member)
             remaining = member.size
             while remaining > 0:
@@ -804,6 +802,7 @@ class SafeExtractor:
                 handle.write(block)
                 remaining -= len(block)
             handle.flush()
+            fd = handle.fileno()
             os.fchown(fd, member.uid, member.gid)
             # After chown, which clears setuid/setgid bits.
             os.fchmod(fd, member.mode & 0o7777)
