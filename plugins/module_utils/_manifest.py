@@ -85,8 +85,29 @@ def new_snapshot_id(root, moment):
     return candidate
 
 
+_ID_TIME = re.compile(r"^(\d{8}T\d{6})Z")
+
+
+def snapshot_order(root, snapshot_id):
+    """Sort key of a snapshot: when it was taken, then its id.
+
+    A default id starts with its UTC time. A custom id (snapshot_create's snapshot_id, say
+    `release-4.1`) is placed by its manifest's `created_at`, never by its letters: sorted as text
+    it would pass for newer than every dated snapshot, for emergency recovery and retention alike.
+    """
+    match = _ID_TIME.match(snapshot_id)
+    if match:
+        return match.group(1), snapshot_id
+    try:
+        with open(os.path.join(root, snapshot_id, MANIFEST), encoding="utf-8") as handle:
+            created = json.load(handle).get("created_at")
+    except (OSError, ValueError, AttributeError):
+        created = None
+    return (re.sub(r"[^0-9T]", "", created)[:15] if isinstance(created, str) else ""), snapshot_id
+
+
 def list_snapshots(root):
-    """Ids of complete snapshots (those with a manifest), oldest first."""
+    """Ids of complete snapshots (those with a manifest), oldest first (snapshot_order)."""
     try:
         names = os.listdir(root)
     except OSError:
@@ -97,7 +118,7 @@ def list_snapshots(root):
             continue
         if os.path.isfile(os.path.join(root, name, MANIFEST)):
             found.append(name)
-    return sorted(found)
+    return sorted(found, key=lambda snapshot_id: snapshot_order(root, snapshot_id))
 
 
 def last_known_good(root):
@@ -124,11 +145,27 @@ def is_bad(snapshot_dir):
 
 
 def read_bad_marker(snapshot_dir):
+    """The snapshot's bad marker as a dict with at least `reason`, or None when it has none.
+
+    Any file named BAD marks the snapshot bad, also one an operator wrote by hand (`touch BAD`,
+    a line of text): its first line is then the reason. Whatever it holds, the answer is the
+    same as is_bad's, so no caller can promote a snapshot that a rollback refuses.
+    """
     try:
-        with open(os.path.join(snapshot_dir, BAD_MARKER), encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
+        with open(os.path.join(snapshot_dir, BAD_MARKER), "rb") as handle:
+            raw = handle.read(4096)
+    except FileNotFoundError:
         return None
+    except OSError as exc:
+        return {"reason": "marked bad (its marker cannot be read: %s)" % exc.strerror, "marked_at": None}
+    try:
+        marker = json.loads(raw.decode("utf-8"))
+    except ValueError:
+        marker = None
+    if isinstance(marker, dict):
+        return dict(marker, reason=str(marker.get("reason") or "no reason given"), marked_at=marker.get("marked_at"))
+    lines = raw.decode("utf-8", "replace").strip().splitlines()
+    return {"reason": lines[0].strip()[:200] if lines else "no reason given", "marked_at": None}
 
 
 def write_bad_marker(snapshot_dir, reason, moment):
@@ -257,15 +294,17 @@ def resolve_snapshot(backup_root, project_name, snapshot_id=None):
     return snapshot_id, directory
 
 
-def retention_plan(root, keep, pending=None):
-    """Snapshot ids to prune: oldest first beyond `keep`, never last-known-good or the newest.
+def retention_plan(root, keep, pending=None, protect=()):
+    """Snapshot ids to prune: oldest first beyond `keep`, never last-known-good, the newest or
+    those in `protect` (what runs in progress need).
 
     `pending` is a snapshot about to be written (check mode plans as if it existed).
     """
-    ids = sorted(list_snapshots(root) + ([pending] if pending else []))
+    # The snapshot about to be written is the newest, whatever its id.
+    ids = list_snapshots(root) + ([pending] if pending else [])
     if keep is None or keep <= 0 or len(ids) <= keep:
         return []
-    protected = {last_known_good(root), ids[-1]}
+    protected = {last_known_good(root), ids[-1]} | set(protect)
     excess = len(ids) - keep
     prune = []
     for snapshot_id in ids:

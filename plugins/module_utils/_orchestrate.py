@@ -27,14 +27,17 @@ import socket
 import time
 
 from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import (
+    MANIFEST,
     ManifestError,
     _write_atomic,
     compact_timestamp,
     is_bad,
     isoformat,
+    last_known_good,
     list_snapshots,
     load_manifest,
     project_root,
+    set_last_known_good,
     utc_now,
     write_bad_marker,
 )
@@ -413,6 +416,26 @@ def journal_path(root, kind="rollback"):
     return os.path.join(root, JOURNAL if kind == "rollback" else "journal-%s.json" % kind)
 
 
+def run_snapshots(root):
+    """Snapshot ids that runs in progress or interrupted still need: the target of each journal's
+    plan and the snapshots its steps recorded (a deploy's "before" snapshot, a full tier's safety
+    snapshot). Retention keeps them, so a resumed run finds what it started from."""
+    needed = set()
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else ():
+        if not (name == JOURNAL or (name.startswith("journal-") and name.endswith(".json"))):
+            continue
+        journal = read_json(os.path.join(root, name))
+        if not isinstance(journal, dict):
+            continue
+        plan = journal.get("plan") if isinstance(journal.get("plan"), dict) else {}
+        records = [plan] + [record.get("data") for record in journal.get("steps") or [] if isinstance(record, dict)]
+        # snapshot_id, and the full tier's safety_snapshot_id: the only copy of the data it replaces.
+        for data in records:
+            if isinstance(data, dict):
+                needed.update(value for key, value in data.items() if key.endswith("snapshot_id"))
+    return sorted(snapshot_id for snapshot_id in needed if isinstance(snapshot_id, str) and snapshot_id)
+
+
 def load_journal(root, kind="rollback"):
     path = journal_path(root, kind)
     journal = read_json(path)
@@ -597,6 +620,20 @@ def state_matches(manifest, state):
         return False
     commit = state.get("commit")
     return not commit or (manifest.get("git") or {}).get("commit") == commit
+
+
+def promote_target(root, snapshot_id):
+    """After a successful rollback, point last-known-good at the snapshot it restored and gated.
+
+    A rollback to an older snapshot marks the newer state bad; a pointer left on it would make the
+    next plain rollback refuse, and keep a bad snapshot protected from retention instead of the one
+    that runs. A target that is gone or marked bad is never pointed at. Returns the pointer after."""
+    directory = os.path.join(root, snapshot_id or "")
+    if not snapshot_id or is_bad(directory) or not os.path.isfile(os.path.join(directory, MANIFEST)):
+        return last_known_good(root)
+    if last_known_good(root) != snapshot_id:
+        set_last_known_good(root, snapshot_id)
+    return snapshot_id
 
 
 def mark_bad_state(root, state, reason, keep=()):

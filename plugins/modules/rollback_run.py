@@ -169,6 +169,14 @@ options:
     description: With O(state=finish), release the lock (a run nested in another one leaves it to the outer run).
     type: bool
     default: true
+  promote:
+    description:
+      - With O(state=finish), O(kind=rollback) and O(result=success), point last-known-good at the snapshot the run
+        restored and gated (RV(last_known_good)).
+      - V(false) for a caller that goes on changing the stack and takes its own snapshot at the end (the
+        security-breach procedure restores a snapshot that holds the leaked secrets, then patches and rotates).
+    type: bool
+    default: true
 """
 
 EXAMPLES = r"""
@@ -277,6 +285,14 @@ marked_bad:
   returned: when O(state=finish)
   type: list
   elements: str
+last_known_good:
+  description:
+    - The snapshot last-known-good points at after a successful rollback (O(kind=rollback)). The snapshot the run
+      restored and gated becomes last known good, so a rollback to an older snapshot does not leave the pointer on
+      the state it just marked bad.
+  returned: when O(state=finish), O(kind=rollback), O(result=success) and O(promote), not in check mode
+  type: str
+  sample: 20261130T101500Z
 """
 
 import os
@@ -467,10 +483,12 @@ def finish(module, root, holder, hostname):
     if module.check_mode:
         return result
     orch.check_lock(root, holder)
+    target = (summary.get("to") or {}).get("snapshot_id") or journal.get("plan", {}).get("snapshot_id")
     if params["result"] == "success" and params["bad_state"]:
-        target = (summary.get("to") or {}).get("snapshot_id") or journal.get("plan", {}).get("snapshot_id")
         result["marked_bad"] = orch.mark_bad_state(
             root, params["bad_state"], "rolled back away from in run %s" % journal["run_id"], keep={target})
+    if params["result"] == "success" and params["kind"] == "rollback" and params["promote"]:
+        result["last_known_good"] = orch.promote_target(root, target)
     orch.append_line(audit_path(module, root), record)
     result["report_path"] = os.path.join(orch.archive_run(root, journal, report), "report.md")
     if params["metrics_dir"]:
@@ -552,6 +570,7 @@ def main():
             audit_log=dict(type="path"),
             metrics_dir=dict(type="path"),
             release=dict(type="bool", default=True),
+            promote=dict(type="bool", default=True),
         ),
         required_one_of=PROJECT_LOOKUP_REQUIRED_ONE_OF,
         supports_check_mode=True,

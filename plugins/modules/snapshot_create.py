@@ -49,6 +49,8 @@ options:
     description:
       - Id of the new snapshot. Defaults to the UTC time, C(YYYYmmddTHHMMSSZ), which sorts in time order.
       - Must be a safe path component; an existing id is refused.
+      - Snapshots are ordered by when they were taken, so a custom id (C(release-4.1)) never passes for the newest
+        snapshot with retention or emergency recovery.
     type: str
   reason:
     description:
@@ -68,7 +70,9 @@ options:
   keep:
     description:
       - Number of snapshots to keep for the project after this one is written. V(0) keeps all.
-      - The last-known-good snapshot and the newest snapshot are never pruned.
+      - The last-known-good snapshot and the newest snapshot are never pruned, nor any snapshot a rollback or deploy
+        in progress or interrupted still needs (the target of its journal's plan, a deploy's snapshot of the version
+        before it), so that running it again finds it.
     type: int
     default: 10
   keep_replaced:
@@ -254,6 +258,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._docker import (
     split_reference,
 )
 from ansible_collections.lastgood.rollback.plugins.module_utils._git import git_state
+from ansible_collections.lastgood.rollback.plugins.module_utils._orchestrate import run_snapshots
 from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import (
     BACKUP_ROOT_ARGUMENT_SPEC,
     FILES_DIR,
@@ -269,6 +274,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import
     retention_plan,
     sha256_file,
     snapshot_path,
+    stale_staging,
     start_staging,
     utc_now,
     write_bad_marker,
@@ -430,7 +436,7 @@ def main():
             manifest.update(plan(project, params["databases"], params["volumes"], params["redis"]))
         except DataError as exc:
             module.fail_json(msg=exc.msg, **exc.result)
-        result["pruned"] = retention_plan(root, params["keep"], pending=snapshot_id)
+        result["pruned"] = retention_plan(root, params["keep"], pending=snapshot_id, protect=run_snapshots(root))
         result["replaced_untagged"], result["replaced_kept"] = prune_rolled_back(
             client, [entry["image"] for entry in services.values()], params["keep_replaced"], check_mode=True)
         module.exit_json(**result)
@@ -463,12 +469,16 @@ def main():
     result["pruned"] = prune(module, client, root, params["keep"])
     result["replaced_untagged"], result["replaced_kept"] = prune_rolled_back(
         client, [entry["image"] for entry in services.values()], params["keep_replaced"])
+    # Never removed here: another snapshot run may be writing one. Said, so the disk does not fill unseen.
+    for name in stale_staging(root):
+        module.warn("%s in %s is what an interrupted snapshot run left (dumps, archives); remove it once no "
+                    "snapshot runs for this project" % (name, root))
     module.exit_json(**result)
 
 
 def prune(module, client, root, keep):
     pruned = []
-    for snapshot_id in retention_plan(root, keep):
+    for snapshot_id in retention_plan(root, keep, protect=run_snapshots(root)):
         directory = os.path.join(root, snapshot_id)
         try:
             remove_pins(client, load_manifest(directory)["services"])

@@ -289,6 +289,28 @@ def test_a_run_asking_for_another_tier_closes_the_interrupted_one_and_starts_its
     assert not journal.exists() and not (orch.root / "rollback.lock").exists()
 
 
+def test_a_rollback_to_an_older_snapshot_makes_it_last_known_good(orch):
+    """deploy.md's "undo a release that passed": the newer snapshot records the state rolled back
+    away from and is marked bad; the pointer moves to the snapshot restored, so the next plain
+    rollback is not refused for a bad last known good, and finds nothing to do."""
+    orch.break_app()
+    forced = ansible_run.run_playbook("snapshot", orch.inventory,
+                                      extra_vars={"lastgood_force": True, "snapshot_gate_deadline_s": 2})
+    assert forced.rc == 0, forced.describe()
+    newer = forced.outcome()["snapshot_id"]
+    assert ansible_run.last_known_good(orch.backup_root, orch.stack.project) == newer
+
+    run = orch.run(extra_vars={"lastgood_snapshot_id": orch.snapshot_id, "lastgood_reason": "undo release v2"})
+    assert run.rc == 0, run.describe()
+    assert run.outcome()["result"] == "success" and orch.stack.image_id("app") == orch.v1_id
+    assert (orch.root / newer / "BAD").exists(), "the snapshot of the state rolled back away from is not marked bad"
+    assert ansible_run.last_known_good(orch.backup_root, orch.stack.project) == orch.snapshot_id
+
+    again = orch.run()
+    assert again.rc == 0, again.describe()
+    assert again.outcome()["tiers"] == [] and "nothing to roll back" in again.outcome()["message"]
+
+
 def test_the_full_tier_without_confirmation_is_refused_and_changes_nothing(orch):
     orch.break_app()
     before = orch.containers()

@@ -55,6 +55,11 @@ class Bench:
     def manifest(self, snapshot_id):
         return ansible_run.read_manifest(self.backup_root, self.stack.project, snapshot_id)
 
+    def bad_reason(self, snapshot_id):
+        """The reason in the snapshot's BAD marker, or None when it is not marked bad."""
+        marker = self.backup_root / self.stack.project / snapshot_id / "BAD"
+        return json.loads(marker.read_text())["reason"] if marker.exists() else None
+
     def containers(self):
         return ansible_run.project_containers(self.client, self.stack.project)
 
@@ -185,8 +190,16 @@ def test_ids_sort_in_time_order_and_retention_keeps_last_known_good_and_newest(b
     assert bench.snapshots() == [lkg] + unmarked
     pins = {snapshot_id: bench.manifest(snapshot_id)["services"]["app"]["pin"] for snapshot_id in [lkg] + unmarked}
 
+    # What a snapshot run killed while dumping leaves: kept (another run may be writing it), but said.
+    leftover = bench.backup_root / bench.stack.project / ".staging-killedrun"
+    leftover.mkdir()
     newest = bench.snapshot(lastgood_keep_snapshots=2)
     assert newest.rc == 0, newest.describe()
+    warnings = json.dumps(newest.result("Record images, configuration files, git commit, database dumps, volumes and Redis")
+                          .get("warnings"))
+    assert ".staging-killedrun" in warnings and "interrupted snapshot run" in warnings, warnings
+    assert leftover.is_dir()
+    leftover.rmdir()
     newest_id = newest.outcome()["snapshot_id"]
     assert sorted([lkg] + unmarked + [newest_id]) == [lkg] + unmarked + [newest_id]
     # 2 kept: the newest, and the last known good one although it is the oldest.
@@ -254,6 +267,9 @@ def test_failed_gate_writes_the_snapshot_but_does_not_mark_it_unless_forced(stac
         assert "not marked last known good" in message.lower()
         assert failed.outcome()["healthy"] is False
         assert failed.outcome()["last_known_good"] is False
+        # Never a target: emergency recovery picks the newest snapshot that verifies.
+        assert bench.bad_reason(unmarked).startswith("the stack was not healthy when it was taken: ")
+        assert bench.bad_reason(lkg) is None
 
         forced = bench.snapshot(lastgood_force=True, **SHORT_GATE)
         assert forced.rc == 0, forced.describe()
@@ -263,5 +279,6 @@ def test_failed_gate_writes_the_snapshot_but_does_not_mark_it_unless_forced(stac
         assert bench.manifest(forced_id)["services"]["app"]["image_id"] == v2_id
         assert forced.outcome()["healthy"] is False
         assert forced.outcome()["last_known_good"] is True
+        assert bench.bad_reason(forced_id) is None
     finally:
         ansible_run.remove_snapshot_pins(docker_client, bench.backup_root)

@@ -127,6 +127,45 @@ def test_bad_marker_refused_unless_allowed(tmp_path):
     assert m.load_verified_snapshot(str(tmp_path), "proj", "s1", allow_bad=True)[0] == "s1"
 
 
+@pytest.mark.parametrize("content, reason", [
+    (b"", "no reason given"),                                   # touch BAD
+    (b"broken migration 0042\nsecond line\n", "broken migration 0042"),
+    (b'"x"', '"x"'),                                            # JSON, not an object
+    (b"{}", "no reason given"),
+    (b'{"reason": "by hand"}', "by hand"),
+    (b"\xff\xfe", "\ufffd\ufffd"),
+])
+def test_a_hand_written_bad_marker_marks_the_snapshot_bad(tmp_path, content, reason):
+    root = tmp_path / "proj"
+    directory = make_snapshot(str(root), "s1")
+    (root / "s1" / m.BAD_MARKER).write_bytes(content)
+    marker = m.read_bad_marker(directory)
+    assert marker and marker["reason"] == reason
+    with pytest.raises(m.ManifestError, match="marked bad"):
+        m.load_verified_snapshot(str(tmp_path), "proj", "s1")
+    assert m.read_bad_marker(make_snapshot(str(root), "s2")) is None
+
+
+def test_a_custom_id_sorts_by_when_it_was_taken_not_by_its_letters(tmp_path):
+    """`release-4.1` sorts after every dated id as text; by its created_at it is the oldest here, so
+    retention prunes it first and never the snapshot just written."""
+    root = str(tmp_path)
+    for snapshot_id, created in [("20261101T000000Z", None), ("release-4.1", "2026-10-01T08:00:00.000000Z"),
+                                 ("20261130T000000Z", None), ("zz-no-date", None)]:
+        directory = make_snapshot(root, snapshot_id)
+        if created:
+            path = os.path.join(directory, m.MANIFEST)
+            manifest = json.load(open(path, encoding="utf-8"))
+            manifest["created_at"] = created
+            with open(path, "w", encoding="utf-8") as handle:
+                json.dump(manifest, handle)
+    # Without a readable time a custom id goes first (oldest): never wrongly the newest.
+    assert m.list_snapshots(root) == ["zz-no-date", "release-4.1", "20261101T000000Z", "20261130T000000Z"]
+    m.set_last_known_good(root, "20261101T000000Z")
+    assert m.retention_plan(root, 2) == ["zz-no-date", "release-4.1"]
+    assert m.retention_plan(root, 4, pending="custom-new") == ["zz-no-date"]
+
+
 def test_staging_is_invisible_until_published(tmp_path):
     staging = m.start_staging(str(tmp_path))
     assert m.list_snapshots(str(tmp_path)) == []

@@ -228,3 +228,25 @@ def test_a_step_renews_the_lease_for_as_long_as_the_lock_was_taken(tmp_path, tak
     lease = json.loads(Path(root, orch.LOCK).read_text())
     assert before + lasts - 1 <= lease["expires_at_epoch"] <= time.time() + lasts
     assert lease["ttl_s"] == lasts
+
+
+def test_retention_keeps_what_interrupted_runs_need(tmp_path):
+    """A rollback to an explicit older snapshot and a deploy, both interrupted: a snapshot taken
+    meanwhile prunes neither the rollback's target, nor its safety snapshot, nor the deploy's
+    "before" snapshot."""
+    from ansible_collections.lastgood.rollback.plugins.module_utils import _manifest
+
+    root = tmp_path / "proj"
+    for index in range(1, 7):
+        (root / ("s%d" % index)).mkdir(parents=True)
+        (root / ("s%d" % index) / "manifest.json").write_text("{}")
+    _manifest.set_last_known_good(str(root), "s5")
+    (root / "journal.json").write_text(json.dumps({"plan": {"snapshot_id": "s1"}, "steps": [
+        {"step": "attempt-1:full:safety_snapshot", "status": "done", "data": {"safety_snapshot_id": "s3"}}]}))
+    (root / "journal-deploy.json").write_text(json.dumps({"plan": {}, "steps": [
+        {"step": "snapshot", "status": "done", "data": {"snapshot_id": "s2", "last_known_good": True}}]}))
+    (root / "journal-broken.json").write_text("not json")
+    assert orch.run_snapshots(str(root)) == ["s1", "s2", "s3"]
+    assert orch.run_snapshots(str(tmp_path / "absent")) == []
+    assert _manifest.retention_plan(str(root), 3, protect=orch.run_snapshots(str(root))) == ["s4"]
+    assert _manifest.retention_plan(str(root), 3) == ["s1", "s2", "s3"]
