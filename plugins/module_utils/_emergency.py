@@ -289,6 +289,18 @@ def capture(client, project_name, services, directory, log_lines, deadline_s, wr
     return summary
 
 
+def shutdown_verdict(state, exit_code, evidence):
+    """Whether a container shut down cleanly, from its state, exit code and clean-shutdown log lines.
+
+    Not stopped (running, paused, restarting) or ended by a non-zero exit code (137: killed): False,
+    whatever its log says, since a clean-shutdown line may be left from an earlier stop of the same
+    container. Exited 0 with such a line: True. Otherwise None (nothing tells).
+    """
+    if state in ("running", "paused", "restarting") or exit_code not in (0, None):
+        return False
+    return True if evidence else None
+
+
 def shutdown_report(client, project_name, services, log_lines=200):
     """Per service how its containers ended: state, exit code, and whether the log shows a clean shutdown.
 
@@ -305,14 +317,7 @@ def shutdown_report(client, project_name, services, log_lines=200):
         except (DockerException, OSError):
             text = ""
         evidence = [line.strip() for line in text.splitlines() if any(key in line for key in CLEAN_SHUTDOWN_LINES)]
-        if details["state"] == "running":
-            clean = False
-        elif evidence:
-            clean = True
-        elif details["exit_code"] not in (0, None):
-            clean = False
-        else:
-            clean = None
+        clean = shutdown_verdict(details["state"], details["exit_code"], evidence)
         report.setdefault(details["service"], []).append(dict(
             name=details["name"], state=details["state"], exit_code=details["exit_code"],
             oom_killed=details["oom_killed"], clean=clean, evidence=evidence[-1:] if evidence else []))

@@ -128,10 +128,15 @@ def not_ready_msg(result):
         "%s: %s" % item for item in sorted(result["not_ready"].items())))
 
 
-def stop(project, client, services, stop_timeout=None, check_mode=False):
-    """Stop the running ones among `services`; a result dict with the actions."""
+# Containers a stop must end: a crash-looping one is "restarting" most of the time, and a paused
+# one still holds its files and connections.
+STOPPABLE_STATES = ("running", "restarting", "paused")
+
+
+def stop(project, client, services, stop_timeout=None, check_mode=False, states=STOPPABLE_STATES):
+    """Stop those among `services` with a container in one of `states`; a result dict with the actions."""
     before = project_containers(client, project.name)
-    running = [s for s in services if any(c["state"] == "running" for c in before.get(s, []))]
+    running = [s for s in services if any(c["state"] in states for c in before.get(s, []))]
     result = dict(changed=bool(running), actions=["stop %s" % s for s in running])
     if running and not check_mode:
         args = ["stop"]
@@ -149,7 +154,8 @@ def stopped_while(project, client, services, report, stop_timeout=None, wait_tim
     was). `report` receives `clients_stopped`, `clients_downtime_s` and `clients_ready`.
     Starting them again must succeed: a failure to start raises ComposeError after the block.
     """
-    result = stop(project, client, services, stop_timeout=stop_timeout)
+    # Not a paused client: it writes nothing meanwhile, and starting it again would unpause it.
+    result = stop(project, client, services, stop_timeout=stop_timeout, states=("running", "restarting"))
     names = [action.split(" ", 1)[1] for action in result["actions"]]
     report["clients_stopped"] = names
     started = time.monotonic()

@@ -18,7 +18,8 @@ description:
   - Then waits, polling every 0.1 s until a deadline, for every container of those services to run and,
     when it has a Docker healthcheck, to be healthy. A container that exits or turns unhealthy ends the
     wait at once.
-  - O(state=stopped) stops the named services within O(stop_timeout).
+  - O(state=stopped) stops the named services within O(stop_timeout) - those whose container runs, restarts (a crash
+    loop) or is paused; a service already exited is left as it is.
 author:
   - lastgood.rollback developers (@lastgood)
 extends_documentation_fragment:
@@ -29,8 +30,8 @@ attributes:
   check_mode:
     support: full
     details:
-      - Returns the plan of C(docker compose up --dry-run) (or, for O(state=stopped), the running services
-        that would stop); changes nothing.
+      - Returns the plan of C(docker compose up --dry-run) (or, for O(state=stopped), the running, restarting or
+        paused services that would stop); changes nothing.
   diff_mode:
     support: full
     details:

@@ -17,6 +17,8 @@ description:
     file over all of them.
   - Every Docker call is bounded by O(timeout_s); usage is sampled in parallel under the same deadline. A dead,
     exited or vanished container, or an engine that stops answering, is noted in the C(errors) of RV(summary), never a failure.
+  - Diagnostics that cannot be written (a full disk, a read-only backup mount) are not a failure either - RV(capture_error)
+    says why, and the project's services are returned all the same, so that the stop or recovery they come before goes on.
   - O(state=record) ends an emergency procedure - it checks how the O(shutdown_services) ended (exit code, and
     PostgreSQL's C(database system is shut down) line for a clean shutdown), writes C(record.json) into the incident
     folder, refreshes its C(SHA256SUMS) and appends one JSON line (C(kind=emergency)) to the project's audit log,
@@ -52,7 +54,9 @@ options:
     description: Where incident folders are created. Default - C(<backup_root>/<project>/incidents).
     type: path
   incident_dir:
-    description: With O(state=record), the folder O(state=capture) created (RV(incident_dir)).
+    description:
+      - With O(state=record), the folder O(state=capture) created (RV(incident_dir)). Empty when the capture could not
+        write one - the audit line is then written alone.
     type: path
   log_lines:
     description: Lines of each container's log to keep.
@@ -135,8 +139,18 @@ project_name:
   returned: always
   type: str
 incident_dir:
-  description: The incident folder (written, or that would be written in check mode).
+  description: The incident folder (written, or that would be written in check mode); empty when none could be written.
   returned: always
+  type: str
+capture_error:
+  description:
+    - With O(state=capture), why the diagnostics could not be written (a full disk, a read-only or missing backup
+      mount), else empty. Not a failure - the procedure the diagnostics come before must go on; a warning says it too.
+  returned: when O(state=capture)
+  type: str
+record_error:
+  description: With O(state=record), what of the record and the audit line could not be written (also a warning), else empty.
+  returned: when O(state=record) and not in check mode
   type: str
 summary:
   description:
@@ -193,18 +207,28 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._orchestrate imp
 def capture(module, client, project_name, services, root):
     params = module.params
     incident_root = params["incident_root"] or os.path.join(root, "incidents")
-    directory = _emergency.new_incident_dir(incident_root, params["kind"], utc_now(), check_mode=module.check_mode)
-    summary = _emergency.capture(client, project_name, services, directory, params["log_lines"], params["timeout_s"],
-                                 write=not module.check_mode)
-    return dict(changed=not module.check_mode, incident_dir=directory, summary=summary)
+    directory = None
+    try:
+        directory = _emergency.new_incident_dir(incident_root, params["kind"], utc_now(), check_mode=module.check_mode)
+        summary = _emergency.capture(client, project_name, services, directory, params["log_lines"], params["timeout_s"],
+                                     write=not module.check_mode)
+    except OSError as exc:
+        # The diagnostics never hold up the stop or the recovery that follows them (a full disk
+        # is one reason to stop a stack): what could not be written is said, and the caller goes on.
+        error = "diagnostics not written: %s" % one_line(exc)
+        module.warn(error)
+        written = directory if directory and os.path.isdir(directory) else ""
+        return dict(changed=bool(written) and not module.check_mode, incident_dir=written, capture_error=error,
+                    summary=dict(services=services, not_running=[], errors=[error]))
+    return dict(changed=not module.check_mode, incident_dir=directory, summary=summary, capture_error="")
 
 
 def record(module, client, project_name, root, holder):
     params = module.params
-    directory = params["incident_dir"]
-    if not directory or not os.path.isdir(directory):
-        if not module.check_mode:
-            raise _emergency.EmergencyError("state=record needs incident_dir, the folder state=capture created (got %r)" % directory)
+    directory = params["incident_dir"] or ""
+    if directory and not os.path.isdir(directory) and not module.check_mode:
+        raise _emergency.EmergencyError("incident_dir %s is not a folder (give the one state=capture created, or none)"
+                                        % directory)
     shutdown = _emergency.shutdown_report(client, project_name, params["shutdown_services"]) if params["shutdown_services"] else {}
     missing = sorted(set(params["shutdown_services"]) - set(shutdown))
     clean = not missing and all(entry["clean"] is not False for entries in shutdown.values() for entry in entries)
@@ -215,9 +239,21 @@ def record(module, client, project_name, root, holder):
                       params["user"], params["reason"], params["note"], details)
     result = dict(changed=not module.check_mode, incident_dir=directory, shutdown=shutdown, clean_shutdown=clean, audit=line)
     if not module.check_mode:
-        _emergency.write_file(directory, _emergency.RECORD, json.dumps(line, indent=2, sort_keys=True) + "\n")
-        _emergency.write_sums(directory)
-        append_line(params["audit_log"] or os.path.join(root, AUDIT), line)
+        # What the procedure did is done: a record that cannot be written is said, not a failure.
+        errors = []
+        if directory:
+            try:
+                _emergency.write_file(directory, _emergency.RECORD, json.dumps(line, indent=2, sort_keys=True) + "\n")
+                _emergency.write_sums(directory)
+            except OSError as exc:
+                errors.append("record.json not written: %s" % one_line(exc))
+        try:
+            append_line(params["audit_log"] or os.path.join(root, AUDIT), line)
+        except OSError as exc:
+            errors.append("audit line not written: %s" % one_line(exc))
+        for error in errors:
+            module.warn(error)
+        result["record_error"] = "; ".join(errors)
     if params["require_clean_shutdown"] and not clean:
         bad = missing + sorted(name for name, entries in shutdown.items() if any(e["clean"] is False for e in entries))
         result["failed"] = True

@@ -12,8 +12,10 @@ their own; every one must end with a clear message and nothing lost.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import types
 
 import pytest
 
@@ -425,29 +427,57 @@ def test_an_unhealthy_gate_returns_the_tree_or_leaves_it_for_the_orchestrator(re
     assert repo.tags() == []
 
 
+@contextlib.contextmanager
+def snapshotted_then_broken(repos, docker_client, tmp_path, name):
+    """A code project snapshotted at its good commit, then running a bad commit (web never turns
+    healthy); the snapshot's pins are removed afterwards."""
+    repo = repos()
+    backup_root = tmp_path / "backups"
+    inventory = ansible_run.write_inventory(tmp_path, repo.host_vars(backup_root), name="%s-%s.yml" % (repo.project, name))
+    try:
+        snapshot = ansible_run.run_playbook("snapshot", inventory)
+        assert snapshot.rc == 0, snapshot.describe()
+        scene = types.SimpleNamespace(repo=repo, backup_root=backup_root, inventory=inventory, good=repo.head(),
+                                      snapshot_id=snapshot.outcome()["snapshot_id"])
+        scene.bad = repo.commit_bad()
+        repo.deploy()
+        wait_version(repo, "bad")
+        yield scene
+    finally:
+        ansible_run.remove_snapshot_pins(docker_client, backup_root)
+
+
 def test_the_orchestrator_picks_the_code_tier_for_a_bad_commit(repos, docker_client, tmp_path):
     """rollback.yml with tier auto: another commit is a code difference, so the code tier runs,
     to the snapshot's commit even with a `lastgood_git_ref` left in the inventory (that variable
     is for rollback_code.yml on its own; the orchestrator's plan names the snapshot's commit)."""
-    repo = repos()
-    backup_root = tmp_path / "backups"
-    inventory = ansible_run.write_inventory(tmp_path, repo.host_vars(backup_root), name=repo.project + "-auto.yml")
-    try:
-        snapshot = ansible_run.run_playbook("snapshot", inventory)
-        assert snapshot.rc == 0, snapshot.describe()
-        good = repo.head()
-        bad = repo.commit_bad()
-        repo.deploy()
-        wait_version(repo, "bad")
-        inventory = ansible_run.write_inventory(tmp_path, repo.host_vars(backup_root, lastgood_git_ref=bad),
+    with snapshotted_then_broken(repos, docker_client, tmp_path, "auto") as scene:
+        repo = scene.repo
+        inventory = ansible_run.write_inventory(tmp_path, repo.host_vars(scene.backup_root, lastgood_git_ref=scene.bad),
                                                 name=repo.project + "-auto-ref.yml")
         run = ansible_run.run_playbook("rollback", inventory, extra_vars=SHORT_GATE)
         assert run.rc == 0, run.describe()
         outcome = run.outcome()
         assert "code" in outcome["planned_attempts"][0] and outcome["planned_attempts"][-1] == ["full"]
         assert outcome["result"] == "success" and outcome["escalations"] == 0 and "code" in outcome["tiers"]
-        assert repo.head() == good and any(BACKUP_REF.fullmatch(ref) for ref in repo.refs())
-        assert bad in repo.out("log", "--all", "--format=%H")
+        assert repo.head() == scene.good and any(BACKUP_REF.fullmatch(ref) for ref in repo.refs())
+        assert scene.bad in repo.out("log", "--all", "--format=%H")
         wait_version(repo, "good")
-    finally:
-        ansible_run.remove_snapshot_pins(docker_client, backup_root)
+
+
+def test_emergency_recovery_falling_back_to_the_code_rebuilds_what_is_built_from_source(repos, docker_client, tmp_path):
+    """No snapshot verifies (a file copy damaged): emergency recovery moves the tree to the commit the
+    snapshot records, leaves the data as it is, and rebuilds web, which is built from source; moved
+    alone, the tree would leave web running the bad code."""
+    with snapshotted_then_broken(repos, docker_client, tmp_path, "emergency") as scene:
+        copies = scene.backup_root / scene.repo.project / scene.snapshot_id / "files"
+        damaged = next(path for path in sorted(copies.rglob("*")) if path.is_file())
+        damaged.write_bytes(damaged.read_bytes() + b"# damaged\n")
+
+        run = ansible_run.run_playbook("emergency_recover", scene.inventory, timeout=600)
+        assert run.rc == 0, run.describe()
+        outcome = run.outcome()
+        assert outcome["snapshot_id"] == "" and outcome["data_left_as_is"] is True
+        assert outcome["fallback_commit"]["commit"] == scene.good and scene.repo.head() == scene.good
+        wait_version(scene.repo, "good")
+        assert outcome["healthy"] is True

@@ -92,6 +92,28 @@ def test_stop_in_check_mode_changes_nothing(emergency):
     assert (states(emergency.stack), support.audit_lines(emergency.backup_root, emergency.stack.project), incident_dirs(emergency)) == before
 
 
+def test_a_recovery_refused_by_another_runs_lock_leaves_the_stack_running(emergency):
+    """The full tier stops the application only after it holds the lock and has verified the
+    snapshot: a recovery refused at the lock leaves every container as it was, running. (Before the
+    emergency stop below, while everything runs.)"""
+    stack = emergency.stack
+    services = ("app", "db", "static")
+    before = ({service: stack.container_id(service) for service in services}, states(stack),
+              support.count_rows(emergency.connect), git_head(stack))
+    with ansible_run.OtherRunLock(emergency.backup_root, stack.project) as other:
+        run = ansible_run.run_playbook("emergency_recover", emergency.inventory, timeout=600)
+        assert run.rc != 0, run.describe()
+        assert "another rollback holds the lock" in run.failure_msg() and "pid %d" % other.pid in run.failure_msg()
+        after = ({service: stack.container_id(service) for service in services}, states(stack),
+                 support.count_rows(emergency.connect), git_head(stack))
+    assert after == before
+    assert all(state == "running" for state in after[1].values())
+    audit = [line for line in support.audit_lines(emergency.backup_root, stack.project) if line["kind"] == "emergency"][-1]
+    assert (audit["action"], audit["result"]) == ("recover", "failed")
+    assert "another rollback holds the lock" in audit["message"], audit
+    (emergency.backup_root / stack.project / "rollback.lock").unlink()  # its holder is gone
+
+
 def test_stop_under_write_load_with_a_dead_container_is_bounded_clean_and_loses_no_acknowledged_write(emergency):
     stack = emergency.stack
     stack.container("app").kill()
@@ -140,6 +162,30 @@ def test_stop_under_write_load_with_a_dead_container_is_bounded_clean_and_loses_
     assert acknowledged > 50 and present == acknowledged
 
 
+def test_a_stop_whose_diagnostics_cannot_be_written_still_stops_everything(emergency, tmp_path):
+    """The diagnostics come first but never hold the stop up (a full disk is one reason to stop):
+    with an incident folder that cannot be created, every service still stops, a paused one too,
+    the data service last and cleanly, and the audit line says why there is no folder."""
+    stack = emergency.stack
+    stack.compose("up", "-d", "--wait")
+    stack.container("static").pause()
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the incident folders should go\n")
+    run = ansible_run.run_playbook("emergency_stop", emergency.inventory,
+                                   extra_vars={"lastgood_incident_root": str(blocker / "incidents")})
+    assert run.rc == 0, failure(run)
+    outcome = run.outcome()
+    assert outcome["result"] == "success", outcome
+    assert "diagnostics not written" in outcome["capture_error"] and outcome["incident_dir"] == ""
+    assert sorted(outcome["stopped"]) == ["app", "db", "static"]
+    assert all(state == "exited" for state in states(stack).values()), states(stack)
+    assert outcome["clean_shutdown"] is True
+    audit = support.audit_lines(emergency.backup_root, stack.project)[-1]
+    assert (audit["kind"], audit["action"], audit["result"]) == ("emergency", "stop", "success")
+    # The recovery tests below count the rows first.
+    stack.compose("up", "-d", "--wait", "db")
+
+
 def test_recover_in_check_mode_changes_nothing(emergency):
     stack = emergency.stack
     before = (states(stack), ansible_run.tree_state(emergency.backup_root), git_head(stack))
@@ -148,26 +194,6 @@ def test_recover_in_check_mode_changes_nothing(emergency):
     assert run.outcome()["result"] == "planned"
     assert run.outcome()["snapshot_id"] == emergency.snapshots[-1]
     assert (states(stack), ansible_run.tree_state(emergency.backup_root), git_head(stack)) == before
-
-
-def test_a_recovery_refused_by_another_runs_lock_leaves_the_stack_running(emergency):
-    """The full tier stops the application only after it holds the lock and has verified the
-    snapshot: a recovery refused at the lock leaves every container as it was, running."""
-    stack = emergency.stack
-    services = ("app", "db", "static")
-    before = ({service: stack.container_id(service) for service in services}, states(stack),
-              support.count_rows(emergency.connect), git_head(stack))
-    with ansible_run.OtherRunLock(emergency.backup_root, stack.project) as other:
-        run = ansible_run.run_playbook("emergency_recover", emergency.inventory, timeout=600)
-        assert run.rc != 0, run.describe()
-        assert "another rollback holds the lock" in run.failure_msg() and "pid %d" % other.pid in run.failure_msg()
-        after = ({service: stack.container_id(service) for service in services}, states(stack),
-                 support.count_rows(emergency.connect), git_head(stack))
-    assert after == before
-    assert all(state == "running" for state in after[1].values())
-    audit = [line for line in support.audit_lines(emergency.backup_root, stack.project) if line["kind"] == "emergency"][-1]
-    assert (audit["action"], audit["result"]) == ("recover", "failed")
-    assert "another rollback holds the lock" in audit["message"], audit
 
 
 def test_recover_passes_over_a_damaged_snapshot_and_restores_the_previous_one(emergency):
