@@ -96,6 +96,56 @@ def parse_admin_cidrs(values):
     return parsed
 
 
+def cut_connection(networks, ssh_port, ssh_connection, families=(4, 6)):
+    """Why isolating `families` with `networks` ({4: [...], 6: [...]}) and `ssh_port` would cut the SSH
+    connection this runs over (`ssh_connection` as sshd sets SSH_CONNECTION: client address and port,
+    server address and port), or None when that connection stays open or there is none (a local run)."""
+    fields = (ssh_connection or "").split()
+    if len(fields) != 4:
+        return None
+    client, _client_port, _server, server_port = fields
+    try:
+        address = ipaddress.ip_address(client.split("%", 1)[0])
+    except ValueError:
+        return None
+    if address.version == 6 and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    if address.is_loopback or address.version not in families:
+        return None
+    problems = []
+    if not any(address in network for network in networks[address.version]):
+        problems.append("%s is in none of the admin CIDRs (add it to lastgood_breach_admin_cidrs)" % address)
+    if server_port != str(ssh_port):
+        problems.append("it arrives on port %s, not the management port %d (set lastgood_breach_ssh_port)"
+                        % (server_port, ssh_port))
+    if not problems:
+        return None
+    return ("isolating would cut the SSH connection this run comes over, from %s to port %s, and leave the host "
+            "unreachable: %s; nothing changed" % (address, server_port, "; ".join(problems)))
+
+
+def ssh_connection_of_this_run():
+    """SSH_CONNECTION of this process, else of its nearest ancestor that has it: with become, sudo
+    does not pass it on, but the shell of the SSH session this module runs under still has it."""
+    if os.environ.get("SSH_CONNECTION"):
+        return os.environ["SSH_CONNECTION"]
+    pid = os.getppid()
+    for _hop in range(32):
+        if pid <= 1:
+            return None
+        try:
+            with open("/proc/%d/environ" % pid, "rb") as handle:
+                for item in handle.read().split(b"\0"):
+                    if item.startswith(b"SSH_CONNECTION="):
+                        return item.split(b"=", 1)[1].decode("ascii", "replace")
+            with open("/proc/%d/stat" % pid, encoding="ascii", errors="replace") as handle:
+                stat = handle.read()
+            pid = int(stat[stat.rfind(")") + 2:].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
+
+
 def check_port(port):
     if not isinstance(port, int) or not 0 < port < 65536:
         raise BreachError("the management port must be a TCP port number (1-65535), got %r" % (port,))
@@ -351,6 +401,10 @@ class Isolation:
             raise BreachError("the revert timer must be 0 (none) or a number of seconds, got %r" % revert_after_s)
         if networks[6] and 6 not in self.families:
             raise BreachError("IPv6 admin CIDRs given but ip6tables-restore is not installed")
+        # A namespace's rules never see the management connection, which reaches the host itself.
+        cut = None if self.netns else cut_connection(networks, ssh_port, ssh_connection_of_this_run(), self.families)
+        if cut:
+            raise BreachError(cut)
         before, rules = self.status()
         wanted = sorted(str(n) for family in self.families for n in networks[family])
         plan = {f: install_input(networks[f], ssh_port, with_jumps=not is_isolated(rules[f])) for f in self.families}

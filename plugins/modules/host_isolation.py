@@ -17,6 +17,9 @@ description:
     touched. The rules found before are saved to O(state_dir) first.
   - Before any rule goes in, a revert timer starts (unless O(revert_after_s=0)) - a detached process that removes the
     isolation after O(revert_after_s) seconds, so that a wrong admin CIDR cannot lock anyone out for good.
+  - Refused, changing nothing, when the SSH connection the module runs over (C(SSH_CONNECTION), read from the SSH
+    session's processes when C(become) did not pass it on) comes from outside O(admin_cidrs) or arrives on another
+    port than O(ssh_port) - the isolation would cut it. Not checked with O(netns).
   - O(state=confirm) stops the timer; run it over a new connection to prove the management path works.
     The isolation then stays until O(state=lift).
   - O(state=lift) removes the isolation chains (and a pending timer); O(state=status) only reports.

@@ -423,12 +423,14 @@ def test_breach_procedure_end_to_end(breach, hosts):
     assert float(outcome["isolated_s"]) < 10, outcome
     print("\nbreach: isolated after %s s, healthy after %s s" % (outcome["isolated_s"], outcome["healthy_s"]))
 
-    # Isolated: the admin path connects, every other path is refused.
+    # Isolated: the admin path connects, every other path is refused; the outcome says what holds at the end.
     assert hosts.paths() == ISOLATED
+    assert outcome["isolated"] is True and "isolation kept" in (breach.work / "incident" / "steps.log").read_text()
     # Every step logged, in order, with a UTC timestamp.
     incident = breach.work / "incident"
     steps = [line.split(" ", 2) for line in (incident / "steps.log").read_text().splitlines()]
-    assert [s[1] for s in steps] == ["started", "evidence", "isolated", "stopped", "restored", "patched", "rotated", "healthy"]
+    assert [s[1] for s in steps] == ["started", "evidence", "isolated", "stopped", "restored", "patched", "rotated", "healthy",
+                                     "snapshotted"]
     assert all(s[0].endswith("Z") and s[0][:4].isdigit() for s in steps)
     # Evidence: logs, processes, image IDs, the changed compose file, all checksummed.
     evidence = incident / "evidence"
@@ -453,6 +455,9 @@ def test_breach_procedure_end_to_end(breach, hosts):
     assert env["APP_SECRET"] != "old-app-secret-value" and len(env["APP_SECRET"]) >= 40
     assert (stack.dir / "secrets" / "api.key").read_text() != "old-api-key-value\n"
     assert env["POSTGRES_PASSWORD"] != old_password
+    # A rotated file reaches no running container by itself (a new inode): every service is recreated.
+    restarted = run.result("Restart with the new secrets")["services"]
+    assert sorted(restarted) == ["app", "db", "static"] and all(entry["recreated"] for entry in restarted.values()), restarted
     with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
         _sql(connect, "SELECT 1")
     new_connect = dict(connect, password=env["POSTGRES_PASSWORD"])
@@ -463,6 +468,10 @@ def test_breach_procedure_end_to_end(breach, hosts):
             if path.is_file() and not path.parent.name == "logs":
                 assert value not in path.read_text(errors="replace"), path
     assert stack.get("app", "/health")[0] == 200
+    # The rotated state is last known good: a later rollback keeps the new secrets.
+    after = outcome["snapshot_after"]
+    assert ansible_run.last_known_good(breach.backup_root, stack.project) == after
+    assert ansible_run.read_manifest(breach.backup_root, stack.project, after)["git"]["commit"] == breach.patch_commit
 
     # The operator's next run confirms the isolation; then it is lifted.
     confirm = ansible_run.run_playbook("security_breach", inventory, extra_vars={"lastgood_breach_confirm_isolation": True})

@@ -158,3 +158,52 @@ def test_steps_are_appended_with_utc_times(tmp_path):
     assert lines[0] == first == "1970-01-01T00:00:00.000000Z started breach since X"
     assert lines[1].endswith("Z isolated") and len(lines) == 2
     assert (tmp_path / "incident" / "steps.log").stat().st_mode & 0o777 == 0o600
+
+
+# Isolation never cuts the SSH connection the run comes over.
+ADMIN = _breach.parse_admin_cidrs(["192.0.2.0/24", "2001:db8::/32"])
+
+
+@pytest.mark.parametrize("connection", [
+    None, "", "garbage",                                   # a local run, or nothing sshd set
+    "192.0.2.10 51234 198.51.100.7 22",
+    "2001:db8::5 51234 2001:db8::1 22",
+    "::ffff:192.0.2.10 51234 ::ffff:198.51.100.7 22",      # IPv4 through an IPv6 socket
+    "127.0.0.1 51234 127.0.0.1 2222",                      # loopback stays open whatever the port
+])
+def test_a_connection_the_isolation_keeps(connection):
+    assert _breach.cut_connection(ADMIN, 22, connection) is None
+
+
+def test_a_connection_of_a_family_left_unfiltered_is_kept():
+    """Without ip6tables-restore only IPv4 is isolated: an IPv6 session is never cut."""
+    assert _breach.cut_connection(ADMIN, 22, "2001:db9::5 51234 2001:db8::1 2222", families=(4,)) is None
+
+
+@pytest.mark.parametrize("connection, words", [
+    ("203.0.113.9 51234 198.51.100.7 22", ["from 203.0.113.9 to port 22", "none of the admin CIDRs"]),
+    ("192.0.2.10 51234 198.51.100.7 2222", ["port 2222, not the management port 22"]),
+    ("2001:db9::5 51234 2001:db8::1 2222", ["none of the admin CIDRs", "not the management port 22"]),
+])
+def test_a_connection_the_isolation_would_cut_is_named(connection, words):
+    message = _breach.cut_connection(ADMIN, 22, connection)
+    assert message.startswith("isolating would cut the SSH connection") and message.endswith("nothing changed")
+    assert all(word in message for word in words), message
+    assert "\n" not in message
+
+
+def test_the_ssh_connection_is_found_in_an_ancestor_when_sudo_dropped_it():
+    """A real process tree: the "session" process has SSH_CONNECTION and starts the "module" with an
+    empty environment, as sudo would; the module still finds it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    module = ("import json; from ansible_collections.lastgood.rollback.plugins.module_utils import _breach; "
+              "print(json.dumps([_breach.ssh_connection_of_this_run(), 'SSH_CONNECTION' in __import__('os').environ]))")
+    session = ("import subprocess, sys; sys.exit(subprocess.run([sys.executable, '-c', %r], env={'PYTHONPATH': %r}).returncode)"
+               % (module, os.pathsep.join(sys.path)))
+    env = dict(os.environ, SSH_CONNECTION="203.0.113.9 51234 198.51.100.7 22")
+    out = subprocess.run([sys.executable, "-c", session], env=env, capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == ["203.0.113.9 51234 198.51.100.7 22", False]
