@@ -332,9 +332,9 @@ def snapshot_problem(directory, snapshot_id, image_present):
         manifest = load_manifest(directory)
     except ManifestError as exc:
         return None, "manifest: %s" % exc
-    if is_bad(directory):
-        marker = read_bad_marker(directory) or {}
-        return manifest, "marked bad (%s)" % (marker.get("reason") or "no reason given")
+    marker = read_bad_marker(directory)
+    if marker:
+        return manifest, "marked bad (%s)" % marker["reason"]
     damaged = verify_files(directory, manifest)
     if damaged:
         return manifest, "file copies do not match their sha256: %s" % ", ".join(damaged)

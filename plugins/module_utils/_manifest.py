@@ -138,6 +138,7 @@ def set_last_known_good(root, snapshot_id):
         os.unlink(staging)
     os.symlink(snapshot_id, staging)
     os.replace(staging, link)
+    _fsync(root, directory=True)
 
 
 def is_bad(snapshot_dir):
@@ -218,18 +219,37 @@ def start_staging(root):
     return tempfile.mkdtemp(dir=root, prefix=_STAGING_PREFIX)
 
 
+def _fsync(path, directory=False):
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_tree(top):
+    """Put every file and directory under `top` on disk: what a snapshot holds must survive a
+    host that crashes right after it became the last known good."""
+    for dirpath, _dirnames, filenames in os.walk(top, topdown=False):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path) and os.path.isfile(path):
+                _fsync(path)
+        _fsync(dirpath, directory=True)
+
+
 def finish_staging(staging, root, snapshot_id, manifest):
-    """Write the manifest and its checksum, then publish the snapshot by one rename."""
+    """Write the manifest and its checksum, put it all on disk, then publish the snapshot by one rename."""
     data = manifest_bytes(manifest)
     with open(os.path.join(staging, MANIFEST), "wb") as handle:
         handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
     with open(os.path.join(staging, MANIFEST_SUM), "w", encoding="utf-8") as handle:
         handle.write("%s  %s\n" % (hashlib.sha256(data).hexdigest(), MANIFEST))
     os.chmod(staging, 0o750)
+    sync_tree(staging)
     final = os.path.join(root, snapshot_id)
     os.rename(staging, final)
+    _fsync(root, directory=True)
     return final
 
 
@@ -334,10 +354,9 @@ def load_verified_snapshot(backup_root, project_name, snapshot_id=None, check_fi
     """
     snapshot_id, directory = resolve_snapshot(backup_root, project_name, snapshot_id)
     manifest = load_manifest(directory)
-    if not allow_bad and is_bad(directory):
-        marker = read_bad_marker(directory) or {}
-        raise ManifestError("snapshot %s is marked bad (%s); choose another snapshot"
-                            % (snapshot_id, marker.get("reason") or "no reason given"))
+    marker = None if allow_bad else read_bad_marker(directory)
+    if marker:
+        raise ManifestError("snapshot %s is marked bad (%s); choose another snapshot" % (snapshot_id, marker["reason"]))
     if check_files:
         damaged = verify_files(directory, manifest)
         if damaged:

@@ -212,7 +212,7 @@ def main():
                              % (snapshot_id, ", ".join(damaged)), damaged_artifacts=damaged)
 
     lkg = last_known_good(root)
-    bad = read_bad_marker(path) if is_bad(path) else None
+    bad = read_bad_marker(path)
     result = dict(changed=False, snapshot_id=snapshot_id, snapshot_dir=path, project_name=project_name,
                   manifest=manifest, last_known_good=lkg, is_last_known_good=(lkg == snapshot_id),
                   bad=bad, missing_images=[])

@@ -123,7 +123,7 @@ def main():
         module.fail_json(msg=str(exc))
 
     before_lkg = last_known_good(root)
-    before_bad = read_bad_marker(path) if os.path.exists(os.path.join(path, BAD_MARKER)) else None
+    before_bad = read_bad_marker(path)
     after_lkg, after_bad = before_lkg, before_bad
     state = params["state"]
     if state == "last_known_good":

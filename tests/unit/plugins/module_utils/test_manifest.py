@@ -186,3 +186,12 @@ def test_retention_keeps_last_known_good_and_newest(tmp_path):
     assert m.retention_plan(root, 10) == []
     # check mode plans as if the pending snapshot existed already
     assert m.retention_plan(root, 5, pending="s6") == ["s2"]
+
+
+def test_sync_tree_puts_files_and_directories_on_disk_and_passes_over_links(tmp_path):
+    (tmp_path / "volumes").mkdir()
+    (tmp_path / "volumes" / "pgdata.tar").write_bytes(b"x" * 10)
+    (tmp_path / "manifest.json").write_text("{}")
+    (tmp_path / "dangling").symlink_to(tmp_path / "absent")
+    (tmp_path / "linked-dir").symlink_to(tmp_path / "volumes")
+    m.sync_tree(str(tmp_path))  # no error: a link is never opened (O_NOFOLLOW would refuse it)
