@@ -252,7 +252,7 @@ MODULE_LOCK_TTL_S = 3600
 MODULE_TIERS = {"config_restore": "config", "compose_image_restore": "images", "git_revert": "code"}
 
 
-def lock_for_module(module, backup_root, project_name, what):
+def lock_for_module(module, backup_root, project_name, what, refuse_interrupted=None, audit=True):
     """The guard of a tier module (one with HOLDER_ARGUMENT_SPEC), before it changes anything.
 
     While another live run holds the project's lock, fails the module with one line naming the
@@ -263,7 +263,9 @@ def lock_for_module(module, backup_root, project_name, what):
     given), not in check mode, writes the run's line in the project's audit log when
     it changed something, and releases the lock when the module's process ends: another run, or
     another tier run on its own, waits for this one. An interrupted run's journal stays: the
-    orchestrator still resumes it.
+    orchestrator still resumes it. With `refuse_interrupted` (why it matters to this module), a
+    run on its own is refused while such a journal is there, in check mode too. Without `audit`
+    (a snapshot, which changes no stack), the lock is held and released and no line is written.
     Returns the lock the module works under, or None.
     """
     holder = module.params["holder"]
@@ -278,8 +280,12 @@ def lock_for_module(module, backup_root, project_name, what):
             if not break_lock or not holder:
                 raise
             current = None  # a live run's lock, taken over below on request
-        if current is not None or not holder or module.check_mode or not os.path.isdir(root):
+        if current is not None:
             return current
+        if refuse_interrupted:
+            refuse_if_interrupted(root, refuse_interrupted)
+        if not holder or module.check_mode or not os.path.isdir(root):
+            return None
         reason = (module.params.get("reason") or "").strip()
         mine = dict(holder, reason="%s on its own%s" % (what, ": " + reason if reason else ""))
         state, previous = acquire_lock(root, mine, MODULE_LOCK_TTL_S, hostname, break_lock=break_lock)
@@ -289,7 +295,10 @@ def lock_for_module(module, backup_root, project_name, what):
     if state == "taken_over" and previous and previous.get("dead_because") == LOCK_BROKEN:
         taken_from = describe_holder(previous)
         module.warn("took the project's lock over from a live run on request (break_lock): %s" % taken_from)
-    _RunOnItsOwn(module, root, mine, project_name, what, hostname, taken_from)
+    if audit:
+        _RunOnItsOwn(module, root, mine, project_name, what, hostname, taken_from)
+    else:
+        atexit.register(release_lock, root, mine)
     return mine
 
 
@@ -434,6 +443,31 @@ def run_snapshots(root):
             if isinstance(data, dict):
                 needed.update(value for key, value in data.items() if key.endswith("snapshot_id"))
     return sorted(snapshot_id for snapshot_id in needed if isinstance(snapshot_id, str) and snapshot_id)
+
+
+def interrupted_runs(root):
+    """The journals in `root` of runs not finished (a finished run archives its own): an interrupted
+    run when nobody alive holds the lock, as [{kind, run_id, started_at}]."""
+    runs = []
+    for kind in KINDS:
+        journal = read_json(journal_path(root, kind))
+        if journal is not None:
+            runs.append({"kind": kind, "run_id": journal.get("run_id") or "unknown", "started_at": journal.get("started_at")})
+    return runs
+
+
+def refuse_if_interrupted(root, why):
+    """Raise OrchestrateError, one line, while the journal of an interrupted run is in `root`."""
+    runs = interrupted_runs(root)
+    if runs:
+        kinds = " and ".join(run["kind"] for run in runs)
+        raise OrchestrateError(
+            "nothing changed: %s (%s); %s. Resume it with playbooks/rollback.yml (a deploy with "
+            "playbooks/deploy.yml), which also closes a run of another kind, then try again"
+            % ("an interrupted %s run has not finished" % kinds if len(runs) == 1 else
+               "interrupted %s runs have not finished" % kinds,
+               "; ".join("run %s, started %s" % (run["run_id"], run["started_at"] or "at an unknown time") for run in runs),
+               why))
 
 
 def load_journal(root, kind="rollback"):

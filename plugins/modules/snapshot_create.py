@@ -21,6 +21,11 @@ description:
   - Applies retention (O(keep)) and never prunes the last-known-good snapshot nor the newest one.
   - Does not mark the snapshot last known good; M(lastgood.rollback.snapshot_mark) does that once a
     health gate passed.
+  - Never records a stack in the middle of a change. While another live run holds the project's lock (a rollback,
+    a deploy, another snapshot) it refuses with one line naming the holder, and while the journal of an interrupted
+    rollback or deploy is there (the stack may be half rolled back) it refuses too, unless O(allow_interrupted)
+    or O(bad_reason). Both refusals write nothing, in check mode too. Otherwise it holds the lock while it works,
+    so that two snapshots never get the same id and a rollback started meanwhile waits.
 author:
   - lastgood.rollback developers (@lastgood)
 extends_documentation_fragment:
@@ -62,6 +67,24 @@ options:
         a safety snapshot kept for forensics and to get data back, never a rollback target.
       - The marker is written before the snapshot appears, so a run killed right after never leaves it selectable.
     type: str
+  holder:
+    description:
+      - The run this task belongs to (C(host), C(pid), C(pid_start), C(user)). Set by the action plugin
+        from the controller; give it only to act as another run.
+      - The lock of the run this task belongs to (a deploy or a rollback that snapshots) does not stop the module,
+        nor does a lock whose holder is dead. Nor does that run's own journal.
+      - When nobody holds the lock, the module takes it while it works (reason C(snapshot_create on its own)
+        and O(reason)) and releases it when it ends. Not in check mode. A snapshot changes no stack, so it
+        leaves no line in the project's audit log.
+    type: dict
+  allow_interrupted:
+    description:
+      - Take the snapshot although the journal of an interrupted rollback or deploy is there. That run left the
+        stack somewhere between two versions, and a snapshot of it could become the last known good; resume the
+        run (C(playbooks/rollback.yml)) instead unless you know the stack is as you want it.
+      - Not needed with O(bad_reason), a snapshot that is never a rollback target.
+    type: bool
+    default: false
   pin_images:
     description:
       - Tag each recorded image ID as C(<repository>:lastgood-<project>-<snapshot_id>).
@@ -258,7 +281,7 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._docker import (
     split_reference,
 )
 from ansible_collections.lastgood.rollback.plugins.module_utils._git import git_state
-from ansible_collections.lastgood.rollback.plugins.module_utils._orchestrate import run_snapshots
+from ansible_collections.lastgood.rollback.plugins.module_utils._orchestrate import lock_for_module, run_snapshots
 from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import (
     BACKUP_ROOT_ARGUMENT_SPEC,
     FILES_DIR,
@@ -373,6 +396,8 @@ def main():
         redis=dict(type="str"),
         redis_port=dict(type="int"),
         redis_password=dict(type="str", no_log=True, fallback=(env_fallback, ["REDISCLI_AUTH"])),
+        holder=dict(type="dict"),
+        allow_interrupted=dict(type="bool", default=False),
     )
     argument_spec.update(PROJECT_ARGUMENT_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
@@ -382,6 +407,10 @@ def main():
             module.fail_json(msg="%s must be 0 (keep all) or a positive number, got %d" % (option, params[option]))
 
     project = load_project(module, params)
+    # Before the id is chosen: under the lock, a second snapshot in the same second gets its own.
+    lock_for_module(module, params["backup_root"], project.name, "snapshot_create", audit=False,
+                    refuse_interrupted=None if params["allow_interrupted"] or params["bad_reason"] else
+                    "the stack may be half way between two versions, and a snapshot of it could become the last known good")
     client = docker_client(module)
     moment = utc_now()
 

@@ -487,6 +487,7 @@ class OtherRunLock:
         self.root = Path(backup_root) / project
         self.user, self.reason = user, reason
         self.proc = None
+        self.holder = None
 
     @property
     def pid(self):
@@ -501,11 +502,21 @@ class OtherRunLock:
         # pylint: disable-next=import-outside-toplevel
         from ansible_collections.lastgood.rollback.plugins.module_utils import _orchestrate
         self.proc = subprocess.Popen(["sleep", "300"])
-        holder = {"host": socket.gethostname(), "pid": self.proc.pid,
-                  "pid_start": _orchestrate.process_start_time(self.proc.pid), "user": self.user, "reason": self.reason}
+        self.holder = {"host": socket.gethostname(), "pid": self.proc.pid,
+                       "pid_start": _orchestrate.process_start_time(self.proc.pid), "user": self.user,
+                       "reason": self.reason}
         self.root.mkdir(parents=True, exist_ok=True)
-        _orchestrate.acquire_lock(str(self.root), holder, 3600, socket.gethostname())
+        _orchestrate.acquire_lock(str(self.root), self.holder, 3600, socket.gethostname())
         return self
+
+    def begin(self, kind="rollback", plan=None):
+        """The holder's run opens its journal, as rollback_run's begin does; returns its run id.
+        Once the holder is gone (release), it is an interrupted run's."""
+        # pylint: disable-next=import-outside-toplevel
+        from ansible_collections.lastgood.rollback.plugins.module_utils import _orchestrate
+        journal = _orchestrate.new_journal(kind, self.reason, self.user, plan or {}, self.holder)
+        _orchestrate.save_journal(str(self.root), journal)
+        return journal["run_id"]
 
     def release(self):
         """The holder's process ends; its lock file stays, as a crashed run's would."""

@@ -282,3 +282,46 @@ def test_failed_gate_writes_the_snapshot_but_does_not_mark_it_unless_forced(stac
         assert bench.bad_reason(forced_id) is None
     finally:
         ansible_run.remove_snapshot_pins(docker_client, bench.backup_root)
+
+
+def test_a_snapshot_waits_for_a_run_in_progress_and_refuses_an_interrupted_ones_half_state(bench):
+    """A scheduled snapshot job while a deploy or rollback holds the lock records a stack in the
+    middle of a change; after such a run was killed, a snapshot of its half-rolled-back state could
+    become last known good, or emergency recovery's newest target. Both are refused, writing nothing
+    (check mode too); lastgood_force takes it anyway, under a lock of its own that it leaves behind."""
+    first = bench.snapshot()
+    assert first.rc == 0, first.describe()
+    lkg = first.outcome()["snapshot_id"]
+    lock = bench.root / "rollback.lock"
+    other = ansible_run.OtherRunLock(bench.backup_root, bench.stack.project, reason="rollback 5xx after 4.2")
+    try:
+        other.hold()
+        run_id = other.begin("rollback", plan={"snapshot_id": lkg})
+        for check in (False, True):
+            refused = bench.snapshot(check=check)
+            assert refused.rc == 2, refused.describe()
+            assert other.refused(refused.failure_msg(), bench.stack.project), refused.failure_msg()
+            assert bench.snapshots() == [lkg] and bench.last_known_good() == lkg
+
+        other.release()  # killed: its lock and journal stay
+        for check in (False, True):
+            refused = bench.snapshot(check=check)
+            assert refused.rc == 2, refused.describe()
+            message = refused.failure_msg()
+            assert_one_line(message)
+            assert "nothing changed: an interrupted rollback run has not finished (run %s" % run_id in message, message
+            assert "playbooks/rollback.yml" in message, message
+            assert bench.snapshots() == [lkg] and bench.last_known_good() == lkg
+            assert json.loads(lock.read_text())["pid"] == other.pid
+        assert not (bench.root / "audit.jsonl").exists()
+
+        forced = bench.snapshot(lastgood_force=True)
+        assert forced.rc == 0, forced.describe()
+        taken = forced.outcome()["snapshot_id"]
+        assert bench.snapshots() == [lkg, taken] and bench.last_known_good() == taken
+        # The dead run's lock was taken over for the snapshot's own run, and none is left.
+        assert not lock.exists()
+        assert (bench.root / "journal.json").exists(), "the interrupted run is still there to resume"
+        assert not (bench.root / "audit.jsonl").exists(), "a snapshot changes no stack: no audit line"
+    finally:
+        other.release()

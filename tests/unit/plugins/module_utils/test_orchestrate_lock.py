@@ -250,3 +250,24 @@ def test_retention_keeps_what_interrupted_runs_need(tmp_path):
     assert orch.run_snapshots(str(tmp_path / "absent")) == []
     assert _manifest.retention_plan(str(root), 3, protect=orch.run_snapshots(str(root))) == ["s4"]
     assert _manifest.retention_plan(str(root), 3) == ["s1", "s2", "s3"]
+
+
+def test_an_interrupted_runs_journal_refuses_in_one_line_naming_each_run(tmp_path, other_run):
+    root = tmp_path / PROJECT
+    root.mkdir()
+    orch.refuse_if_interrupted(str(root), "why")  # none: nothing to say
+    assert orch.interrupted_runs(str(tmp_path / "absent")) == []
+    rollback = orch.new_journal("rollback", "5xx", "ops", PLAN, other_run, started_epoch=1796112000)
+    deploy = orch.new_journal("deploy", "4.3", "ops", {}, other_run, started_epoch=1796112060)
+    orch.save_journal(str(root), rollback)
+    orch.save_journal(str(root), deploy)
+    (root / "journal-emergency.json").write_text("{not json")
+    assert [(run["kind"], run["run_id"]) for run in orch.interrupted_runs(str(root))] == [
+        ("rollback", rollback["run_id"]), ("deploy", deploy["run_id"]), ("emergency", "unknown")]
+    with pytest.raises(orch.OrchestrateError) as refused:
+        orch.refuse_if_interrupted(str(root), "the stack may be half rolled back")
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(
+        "nothing changed: interrupted rollback and deploy and emergency runs have not finished (run %s, started %s;"
+        % (rollback["run_id"], rollback["started_at"]))
+    assert "the stack may be half rolled back. Resume it with playbooks/rollback.yml" in message
