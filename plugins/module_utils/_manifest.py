@@ -138,7 +138,7 @@ def set_last_known_good(root, snapshot_id):
         os.unlink(staging)
     os.symlink(snapshot_id, staging)
     os.replace(staging, link)
-    _fsync(root, directory=True)
+    _fsync_published(root)
 
 
 def is_bad(snapshot_dir):
@@ -227,6 +227,15 @@ def _fsync(path, directory=False):
         os.close(fd)
 
 
+def _fsync_published(directory):
+    """Sync a rename or replace already done. Best effort: it happened, and the data it published was
+    synced before; an error here (a filesystem that cannot sync a directory) must not undo it."""
+    try:
+        _fsync(directory, directory=True)
+    except OSError:
+        pass
+
+
 def sync_tree(top):
     """Put every file and directory under `top` on disk: what a snapshot holds must survive a
     host that crashes right after it became the last known good."""
@@ -249,7 +258,7 @@ def finish_staging(staging, root, snapshot_id, manifest):
     sync_tree(staging)
     final = os.path.join(root, snapshot_id)
     os.rename(staging, final)
-    _fsync(root, directory=True)
+    _fsync_published(root)
     return final
 
 

@@ -197,3 +197,24 @@ def test_a_healthy_release_whose_promotion_fails_closes_its_run_and_says_so(depl
     assert audit["kind"] == "deploy" and audit["result"] == "failed"
     assert "marking it last known good failed" in audit["message"]
     assert not journal.exists() and not (deployed.root / "rollback.lock").exists()
+
+
+def test_a_deploy_plan_is_not_stopped_by_an_interrupted_run_its_real_run_would_close(deployed):
+    """In check mode the deploy takes no lock, so its snapshot runs as if on its own; the journal
+    of an interrupted rollback, which the real run closes when it starts, must not stop the plan."""
+    other = ansible_run.OtherRunLock(deployed.backup_root, deployed.stack.project, reason="rollback 5xx")
+    snapshots = sorted(path.name for path in deployed.root.iterdir()) if deployed.root.exists() else []
+    try:
+        other.hold()
+        other.begin("rollback")
+        other.release()
+        run = ansible_run.run_playbook("deploy", deployed.inventory, check=True,
+                                       extra_vars={"lastgood_deploy_env": {"APP_EXTRA_LATENCY_MS": "9"}})
+        assert run.rc == 0, run.describe()
+        assert run.outcome()["result"] == "planned"
+        assert sorted(path.name for path in deployed.root.iterdir()) == sorted(snapshots + ["journal.json", "rollback.lock"])
+        assert env_value(deployed, "APP_EXTRA_LATENCY_MS") != "9"
+    finally:
+        other.release()
+        for name in ("journal.json", "rollback.lock"):
+            (deployed.root / name).unlink(missing_ok=True)

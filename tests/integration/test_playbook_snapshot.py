@@ -288,7 +288,8 @@ def test_a_snapshot_waits_for_a_run_in_progress_and_refuses_an_interrupted_ones_
     """A scheduled snapshot job while a deploy or rollback holds the lock records a stack in the
     middle of a change; after such a run was killed, a snapshot of its half-rolled-back state could
     become last known good, or emergency recovery's newest target. Both are refused, writing nothing
-    (check mode too); lastgood_force takes it anyway, under a lock of its own that it leaves behind."""
+    (check mode too); lastgood_allow_interrupted takes it anyway, under a lock of its own that it
+    does not leave behind, and the gate still decides."""
     first = bench.snapshot()
     assert first.rc == 0, first.describe()
     lkg = first.outcome()["snapshot_id"]
@@ -315,7 +316,7 @@ def test_a_snapshot_waits_for_a_run_in_progress_and_refuses_an_interrupted_ones_
             assert json.loads(lock.read_text())["pid"] == other.pid
         assert not (bench.root / "audit.jsonl").exists()
 
-        forced = bench.snapshot(lastgood_force=True)
+        forced = bench.snapshot(lastgood_allow_interrupted=True)
         assert forced.rc == 0, forced.describe()
         taken = forced.outcome()["snapshot_id"]
         assert bench.snapshots() == [lkg, taken] and bench.last_known_good() == taken
