@@ -133,6 +133,11 @@ def not_ready_msg(result):
 STOPPABLE_STATES = ("running", "restarting", "paused")
 
 
+# The clients stopped around a change of what they use: not a paused one, which writes nothing
+# meanwhile, and which starting again would unpause.
+CLIENT_STATES = ("running", "restarting")
+
+
 def stop(project, client, services, stop_timeout=None, check_mode=False, states=STOPPABLE_STATES):
     """Stop those among `services` with a container in one of `states`; a result dict with the actions."""
     before = project_containers(client, project.name)
@@ -154,8 +159,7 @@ def stopped_while(project, client, services, report, stop_timeout=None, wait_tim
     was). `report` receives `clients_stopped`, `clients_downtime_s` and `clients_ready`.
     Starting them again must succeed: a failure to start raises ComposeError after the block.
     """
-    # Not a paused client: it writes nothing meanwhile, and starting it again would unpause it.
-    result = stop(project, client, services, stop_timeout=stop_timeout, states=("running", "restarting"))
+    result = stop(project, client, services, stop_timeout=stop_timeout, states=CLIENT_STATES)
     names = [action.split(" ", 1)[1] for action in result["actions"]]
     report["clients_stopped"] = names
     started = time.monotonic()

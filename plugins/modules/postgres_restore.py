@@ -112,7 +112,8 @@ options:
     description:
       - Compose services that use the database (its clients). They are stopped just before the live database goes
         away (the swap) and started again right after, also when the restore fails; the rest of the restore runs
-        while they keep serving. In check mode they are only named in the plan.
+        while they keep serving. Only those running (or restarting) are stopped; a paused one is left as it is. In
+        check mode the plan names those that would be stopped.
     type: list
     elements: str
     default: []
@@ -323,7 +324,7 @@ def main():
         lock_for_module(module, params["backup_root"], params["project_name"], "postgres_restore")
     around_swap = None
     clients = {}
-    if params["stop_services"] and not module.check_mode:
+    if params["stop_services"]:
         around_swap = clients_control(module, params, clients)
     try:
         target = target_from_params(module, params)
@@ -340,15 +341,20 @@ def main():
         fail_postgres(module, exc, **clients)
     except ComposeError as exc:
         fail_compose(module, exc, **clients)
-    result.update(clients)
-    if params["stop_services"] and module.check_mode:
+    if module.check_mode and "clients_to_stop" in clients:
+        running = clients.pop("clients_to_stop")
         result["actions"] = list(result.get("actions") or []) + [
-            "stop %s just before the swap and start them right after" % ", ".join(params["stop_services"])]
+            ("stop %s just before the swap and start them right after" % ", ".join(running)) if running
+            else "no client to stop: none of %s is running" % ", ".join(params["stop_services"])]
+    result.update(clients)
     module.exit_json(**result)
 
 
 def clients_control(module, params, report):
-    """The context manager factory that stops the client services only around the swap."""
+    """The context manager factory that stops the client services only around the swap.
+
+    In check mode, None; `report` receives `clients_to_stop`, those that would be stopped.
+    """
     project_dir = params["clients_project_dir"] or params["project_dir"]
     if not project_dir:
         module.fail_json(msg="stop_services needs clients_project_dir (or project_dir) to find the compose project")
@@ -360,6 +366,14 @@ def clients_control(module, params, report):
     if unknown:
         module.fail_json(msg="stop_services names services not in project %s: %s" % (project.name, ", ".join(unknown)))
     client = docker_client(module)
+    if module.check_mode:
+        try:
+            plan = _services.stop(project, client, params["stop_services"], check_mode=True,
+                                  states=_services.CLIENT_STATES)
+        except ComposeError as exc:
+            fail_compose(module, exc)
+        report["clients_to_stop"] = [action.split(" ", 1)[1] for action in plan["actions"]]
+        return None
     return lambda: _services.stopped_while(project, client, params["stop_services"], report)
 
 

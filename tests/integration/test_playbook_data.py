@@ -81,8 +81,12 @@ def test_verify_fails_when_rows_were_lost(data):
 
 def test_restore_database_check_mode_changes_nothing(data):
     before = (count(data), databases(data))
-    run = ansible_run.run_playbook("restore_database", data.inventory, check=True)
+    app_id = data.stack.container_id("app")
+    run = ansible_run.run_playbook("restore_database", data.inventory, check=True,
+                                   extra_vars={"lastgood_database_clients": ["app"]})
     assert run.rc == 0, run.describe()
+    assert "stop app just before the swap and start them right after" in run.stdout, run.describe()
+    assert data.stack.container_id("app") == app_id and data.stack.container("app").status == "running"
     assert (count(data), databases(data)) == before
 
 
@@ -113,12 +117,38 @@ def test_restore_database_brings_every_row_back_and_keeps_the_previous_copy(data
     assert data.stack.container_id("static") == static_id
     outcome = run.outcome()
     assert outcome["result"] == "success" and outcome["tier"] == "database"
+    assert outcome["services_changed"] == ["app"]
 
 
 def test_verify_passes_after_the_restore(data):
     run = ansible_run.run_playbook("verify", data.inventory)
     assert run.rc == 0, run.describe()
     assert run.outcome()["data"]["databases"]["app"]["ok"] is True
+
+
+def test_a_paused_client_stays_paused_and_is_not_reported_as_changed(data):
+    """An operator who paused a client froze it on purpose: the restore neither stops nor starts it."""
+    with psycopg2.connect(dbname="app", **data.connect) as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM orders WHERE id > 200")
+    app = data.stack.container("app")
+    started = app.attrs["State"]["StartedAt"]
+    app.pause()
+    try:
+        plan = ansible_run.run_playbook("restore_database", data.inventory, check=True,
+                                        extra_vars={"lastgood_database_clients": ["app"]})
+        assert plan.rc == 0, plan.describe()
+        assert "no client to stop: none of app is running" in plan.stdout, plan.describe()
+        run = ansible_run.run_playbook("restore_database", data.inventory,
+                                       extra_vars={"lastgood_database_clients": ["app"]})
+        assert run.rc == 0, run.describe()
+        assert count(data) == ROWS
+        app.reload()
+        assert app.status == "paused" and app.attrs["State"]["StartedAt"] == started
+        assert run.outcome()["services_changed"] == []
+    finally:
+        app.reload()
+        if app.status == "paused":
+            app.unpause()
 
 
 def test_unknown_database_is_refused_before_any_change(data):
