@@ -198,10 +198,6 @@ class RedisService:
         except APIError as exc:
             raise RedisError("cannot inspect the container of service %s: %s" % (self.service, one_line(exc)))
 
-    def running(self):
-        attrs = self.container()
-        return bool(attrs and (attrs.get("State") or {}).get("Running"))
-
     def host_dir(self, container_dir, attrs=None):
         """The host directory behind the container directory `container_dir`, through its mounts."""
         attrs = attrs or self.container()
@@ -366,8 +362,9 @@ def backup_redis(module, project, service, dest_path, timeout=60, port=None, use
     moment = utc_now()
     server = RedisService(module, project, service, port=port, user=user, password=password, client=client)
     attrs = server.container()
-    if not attrs or not (attrs.get("State") or {}).get("Running"):
-        raise RedisError("service %s is not running: a snapshot needs the server" % service)
+    status = (attrs.get("State") or {}).get("Status") if attrs else "absent"
+    if status != "running":  # a restarting or paused server does not answer either
+        raise RedisError("service %s is not running (%s): a snapshot needs the server" % (service, status))
     config = server.config()
     dbfilename = config["dbfilename"]
     if not _SAFE_FILE.fullmatch(dbfilename) or dbfilename in (".", ".."):
@@ -505,7 +502,12 @@ def restore_redis(module, project, service, archive_path, recorded, check_mode=F
     attrs = server.container()
     if attrs is None:
         raise RedisError("service %s has no container: create it first (docker compose up --no-start)" % service, **result)
-    running = bool((attrs.get("State") or {}).get("Running"))
+    status = (attrs.get("State") or {}).get("Status")
+    # Only a running server answers for its configuration. A restarting one (a crash loop, often
+    # the reason for the restore) or a paused one is read as down, but it is stopped before the swap
+    # like a running one: it would otherwise load the data in the middle of it.
+    running = status == "running"
+    must_stop = status in ("running", "restarting", "paused")
     if running:
         config = server.config()
         info = server.info()
@@ -521,11 +523,17 @@ def restore_redis(module, project, service, archive_path, recorded, check_mode=F
     host_dir = server.host_dir(config["dir"], attrs)
     live = os.path.join(host_dir, dbfilename)
     aof_dirname = config.get("appenddirname")
-    if appendonly is None:  # the server is down: AOF is on if its directory is there
-        appendonly = bool(aof_dirname) and os.path.isdir(os.path.join(host_dir, aof_dirname))
+    if appendonly is None:
+        # The server is down: AOF is on when the backup recorded it on or its directory is there; a
+        # single-file AOF (Redis < 7) there would be loaded instead of the restored RDB.
+        if os.path.isfile(os.path.join(host_dir, config["appendfilename"])):
+            aof_dirname = None
+        appendonly = (bool(recorded.get("appendonly")) or not aof_dirname
+                      or os.path.isdir(os.path.join(host_dir, aof_dirname)))
     if appendonly and not aof_dirname:
-        raise RedisError("service %s has appendonly on with a single-file AOF (Redis < 7), which would be loaded instead "
-                         "of the restored RDB: turn appendonly off for the restore" % service, **result)
+        raise RedisError("service %s has appendonly on with a single-file AOF (Redis < 7, %s), which would be loaded "
+                         "instead of the restored RDB: turn appendonly off and move the file aside for the restore"
+                         % (service, config.get("appendfilename") or "appendonly.aof"), **result)
     appendfilename = config.get("appendfilename") or "appendonly.aof"
     if appendonly and (not _SAFE_FILE.fullmatch(aof_dirname) or not _SAFE_FILE.fullmatch(appendfilename)):
         raise RedisError("unexpected AOF names %r/%r in service %s" % (aof_dirname, appendfilename, service), **result)
@@ -543,7 +551,7 @@ def restore_redis(module, project, service, archive_path, recorded, check_mode=F
     aof_previous = _unused_path(aof_live + PREVIOUS_INFIX + snapshot_id) if appendonly else None
     actions = result["actions"]
     actions.append("stage %s as %s" % (archive_path, stage))
-    if running:
+    if must_stop:
         actions.append("stop service %s" % service)
     if os.path.lexists(live):
         actions.append("rename %s to %s" % (live, previous))
@@ -574,7 +582,7 @@ def restore_redis(module, project, service, archive_path, recorded, check_mode=F
     stopped_at = time.time()
     swapped = []
     try:
-        if running:
+        if must_stop:
             args = ["stop"] + (["--timeout", str(stop_timeout)] if stop_timeout is not None else [])
             server.compose(args + ["--", service])
         if os.path.lexists(live):
@@ -599,7 +607,7 @@ def restore_redis(module, project, service, archive_path, recorded, check_mode=F
             _remove_tree_or_file(aof_stage)
         problem = exc.msg if isinstance(exc, RedisError) else one_line(exc)
         try:
-            if running:
+            if must_stop:
                 server.compose(["start", "--", service])
         except RedisError as start_exc:
             problem += "; starting it again failed too: %s" % start_exc.msg

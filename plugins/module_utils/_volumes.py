@@ -205,17 +205,24 @@ class ContainerPause:
             for container in self.containers:
                 if self.how == "pause":
                     self.client.api.pause(container["id"])
-                elif self.stop_timeout is None:
-                    self.client.api.stop(container["id"])
                 else:
-                    self.client.api.stop(container["id"], timeout=self.stop_timeout)
+                    self.client.api.stop(container["id"], timeout=self._grace(container))
                 self.done.append(container)
-        except APIError as exc:
+        # Not only the engine's refusals: a timeout or a lost connection must bring the others back too.
+        except Exception as exc:  # pylint: disable=broad-except
             problems = self.resume()
             raise VolumeError("cannot %s container %s: %s%s" % (
                 self.how, container["name"], one_line(exc),
                 "; bringing the others back also failed: %s" % "; ".join(problems) if problems else ""))
         return self
+
+    def _grace(self, container):
+        """Seconds the stop gives the container: the given one, else its own (compose's stop_grace_period)
+        or the engine's 10, so that the wait for the engine's answer covers the whole grace period."""
+        if self.stop_timeout is not None:
+            return self.stop_timeout
+        configured = (self.client.api.inspect_container(container["id"]).get("Config") or {}).get("StopTimeout")
+        return 10 if configured is None else configured
 
     def resume(self):
         """Start (unpause) every container this stopped; the problems, one line each."""
@@ -226,7 +233,7 @@ class ContainerPause:
                     self.client.api.unpause(container["id"])
                 else:
                     self.client.api.start(container["id"])
-            except APIError as exc:
+            except Exception as exc:  # pylint: disable=broad-except
                 problems.append("%s: %s" % (container["name"], one_line(exc)))
         self.done = []
         self.up_at = time.time()

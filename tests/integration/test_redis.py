@@ -278,6 +278,55 @@ def test_restore_with_appendonly_on(rstack, tmp_path):
     assert stack.keyspace() == {0: {"keys": 50, "expires": 0}}
 
 
+def test_a_crash_looping_server_is_stopped_and_restored(rstack, tmp_path):
+    """The usual reason for a restore: the server cannot load its data and restarts over and over
+    (docker's `restarting` state, in which it answers nothing)."""
+    stack = rstack()
+    stack.fill(30, "k:")
+    dest = tmp_path / "good.rdb"
+    backup = as_record(ok("redis_backup", dict(stack.project_args(), dest=str(dest))))
+    stack.compose("stop", "redis")
+    (stack.data_dir() / "dump.rdb").write_bytes(b"REDIS0011" + b"\x00" * 64)  # cannot be loaded
+    container_id = stack.identity("redis")[0]
+    stack.client.api.update_container(container_id, restart_policy={"Name": "always"})
+    stack.compose("start", "redis")
+
+    def looping():
+        state = stack.client.api.inspect_container(container_id)
+        return state["State"]["Status"] == "restarting" and state["RestartCount"] >= 3
+    stacks.wait_until(looping, 60, message="redis restarts in a loop")
+    refusal = refused("redis_backup", dict(stack.project_args(), dest=str(tmp_path / "no.rdb")))
+    assert "is not running (restarting)" in refusal["msg"], refusal["msg"]
+
+    restored = ok("redis_restore", dict(stack.project_args(), archive=str(dest), recorded=backup, snapshot_id="loop"))
+    assert "stop service redis" in restored["actions"] and restored["keys_loaded"] == 30
+    assert stack.keyspace() == {0: {"keys": 30, "expires": 0}}
+    assert (stack.data_dir() / "dump.rdb.before-loop").read_bytes().startswith(b"REDIS0011")
+
+
+def test_a_stopped_server_recorded_with_appendonly_gets_its_aof_written(rstack, tmp_path):
+    """Down, the server cannot say whether AOF is on: the backup's record says it, else the
+    AOF would be the data it loads, not the restored snapshot."""
+    stack = rstack(appendonly=True)
+    stack.fill(20, "a:")
+    dest = tmp_path / "aof.rdb"
+    backup = as_record(ok("redis_backup", dict(stack.project_args(), dest=str(dest))))
+    assert backup["appendonly"] is True
+    stack.cli("FLUSHALL")
+    stack.compose("stop", "redis")
+    restored = ok("redis_restore", dict(stack.project_args(), archive=str(dest), recorded=backup, snapshot_id="down"))
+    assert restored["appendonly"] is True and restored["keys_loaded"] == 20
+    assert stack.keyspace() == {0: {"keys": 20, "expires": 0}}
+
+    # A single-file AOF (Redis < 7) next to a stopped server would be loaded instead: refused, nothing moved.
+    stack.compose("stop", "redis")
+    (stack.data_dir() / "appendonly.aof").write_text("*1\r\n$8\r\nFLUSHALL\r\n")
+    before = sorted(os.listdir(stack.data_dir()))
+    refusal = refused("redis_restore", dict(stack.project_args(), archive=str(dest), recorded=backup, snapshot_id="x"))
+    assert "single-file AOF" in refusal["msg"], refusal["msg"]
+    assert sorted(os.listdir(stack.data_dir())) == before
+
+
 def test_bad_snapshot_is_refused_before_any_change(rstack, tmp_path):
     stack = rstack()
     stack.fill(40, "k:")
