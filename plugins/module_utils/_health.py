@@ -917,7 +917,9 @@ def poll(round_runner, settings, clock=time.monotonic, sleep=time.sleep, pause=N
     unhealthy once `retries` rounds after the first are used up, the deadline has passed or
     (if set) `consecutive_failures` failed rounds came in a row.
     Watching (watch_s): rounds run until watch_s has elapsed; unhealthy as soon as
-    `consecutive_failures` failed rounds came in a row, healthy if the window closes first.
+    `consecutive_failures` failed rounds came in a row, healthy if the window closes first, on a
+    round that did not fail: a window that closes on a failed round goes on, interval_s apart,
+    until that streak reaches `consecutive_failures` (unhealthy) or a round does not fail.
     Between rounds the loop sleeps interval_s, cut short so that the last round starts at the
     deadline (the end of the window), never after it. Waiting, after a failed round, it calls
     `pause(seconds, results)` instead when given, which may end the pause early (see pause()).
@@ -966,11 +968,13 @@ def poll(round_runner, settings, clock=time.monotonic, sleep=time.sleep, pause=N
             if outcome.rounds > settings.retries:
                 outcome.healthy, outcome.stop_reason = False, "retries"
                 break
-        if now >= end:
+        # A watch window that closes in the middle of a failure streak is not cut off: the streak
+        # is decided by the next rounds (consecutive_failures of them in a row, or an ok round).
+        if now >= end and not (settings.watching and failed):
             outcome.healthy = settings.watching and not inconclusive
             outcome.stop_reason = "window" if settings.watching else "deadline"
             break
-        wait_s = min(settings.interval_s, end - now)
+        wait_s = max(0.0, min(settings.interval_s, end - now)) if now < end else settings.interval_s
         if pause is not None and failed and not settings.watching:
             pause(wait_s, outcome.results)
         else:
@@ -1029,8 +1033,6 @@ def summary(outcome, settings):
         else:
             text = "healthy: watched %s without %d failed rounds in a row" % (
                 _seconds(settings.watch_s), settings.consecutive_failures)
-        if failing:
-            return "%s (%s; last round: %s)" % (text, where, failures)
         return "%s (%s)" % (text, where)
     reason = {
         "failures": "%s in a row" % _plural(outcome.consecutive_failures, "failed round"),

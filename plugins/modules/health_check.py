@@ -16,7 +16,10 @@ description:
     up (V(unhealthy)).
   - B(Watching) (O(watch_s) set) - rounds repeat until O(watch_s) has elapsed; the result is
     unhealthy as soon as O(consecutive_failures) rounds in a row had a failing check, healthy if the
-    window closes without that. Use this to watch a deployment for a while after it became healthy.
+    window closes without that. A window that closes on a failed round goes on, O(interval_s) apart,
+    until that streak reaches O(consecutive_failures) (unhealthy) or a round does not fail, so that a
+    streak the window cuts short never passes. Use this to watch a deployment for a while after it
+    became healthy.
   - Network errors never end the module with a traceback; they become the failing check's RV(checks[].error).
   - B(Inconclusive) - a V(prometheus) check whose query proves nothing (no series, NaN, Prometheus
     unreachable, the query refused) is neither ok nor failed. A round with such a check and no failed
@@ -228,7 +231,7 @@ options:
     description:
       - When set, watch for this many seconds instead of waiting for health (see the description).
       - O(retries), O(deadline_s) and O(consecutive_successes) do not apply then; the window itself
-        is the time limit.
+        is the time limit, extended only to decide a failure streak it closes on.
     type: float
   fail_on_unhealthy:
     description:

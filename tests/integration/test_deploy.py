@@ -218,3 +218,19 @@ def test_a_deploy_plan_is_not_stopped_by_an_interrupted_run_its_real_run_would_c
         other.release()
         for name in ("journal.json", "rollback.lock"):
             (deployed.root / name).unlink(missing_ok=True)
+
+
+def test_a_release_of_new_code_and_env_values_keeps_both(deployed):
+    """The code moves first: its stash of uncommitted work (a tracked .env the earlier deploys
+    changed) must not take this deploy's own .env values with it; and a newer ref is checked out
+    even where rollbacks revert (lastgood_git_mode=revert)."""
+    git = ["git", "-C", str(deployed.stack.dir)]
+    stacks.run([*git, "commit", "-q", "--allow-empty", "-m", "release next"])
+    target = stacks.run([*git, "rev-parse", "HEAD"]).stdout.strip()
+    stacks.run([*git, "reset", "-q", "--soft", "HEAD~1"])
+    run = deploy(deployed, {"APP_EXTRA_LATENCY_MS": "2"}, lastgood_deploy_git_ref=target, lastgood_git_mode="revert")
+    assert run.rc == 0, run.describe()
+    assert run.outcome()["result"] == "success"
+    assert stacks.run([*git, "rev-parse", "HEAD"]).stdout.strip() == target
+    assert env_value(deployed, "APP_EXTRA_LATENCY_MS") == "2"
+    assert deployed.stack.get_json("app", "/health")[0] == 200

@@ -299,11 +299,23 @@ def test_consecutive_failures_ends_a_wait_early_when_set():
 
 
 def test_watch_window_healthy_when_no_failure_streak():
-    fake = FakeTime([True, False, True, False, True], round_s=0.1)
+    fake = FakeTime([True, False, True, True, False], round_s=0.1)
     outcome = fake.poll(watch_s=3.0, interval_s=1.0, consecutive_failures=2)
     assert outcome.healthy and outcome.stop_reason == "window"
     assert fake.round_starts == [0.0, 1.1, 2.2, 3.0]  # the last round at the end of the window
     assert outcome.rounds == 4
+
+
+def test_a_window_closing_in_a_failure_streak_waits_for_the_streak_to_be_decided():
+    # Too few rounds fit in the window to reach the limit: the rounds after it decide.
+    fake = FakeTime([True, True, False, False, False, True], round_s=0.1)
+    outcome = fake.poll(watch_s=3.0, interval_s=1.0, consecutive_failures=3)
+    assert not outcome.healthy and outcome.stop_reason == "failures" and outcome.verdict == "failed"
+    assert fake.round_starts == [0.0, 1.1, 2.2, 3.0, 4.1]
+    # A blip at the close that the next round clears is no streak.
+    fake = FakeTime([True, True, True, False, True], round_s=0.1)
+    outcome = fake.poll(watch_s=3.0, interval_s=1.0, consecutive_failures=3)
+    assert outcome.healthy and outcome.stop_reason == "window" and outcome.rounds == 5
 
 
 def test_watch_window_unhealthy_at_the_first_failed_round_by_default():
