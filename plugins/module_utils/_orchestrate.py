@@ -670,20 +670,29 @@ def promote_target(root, snapshot_id):
     return snapshot_id
 
 
+def _recorded_state_matches(directory, state):
+    try:
+        return state_matches(load_manifest(directory), state)
+    except Exception:  # a damaged snapshot is no target anyway  # pylint: disable=broad-except
+        return False
+
+
 def mark_bad_state(root, state, reason, keep=()):
-    """Remember a state rolled back away from, and mark bad every snapshot that records it
-    (except those in `keep`: the snapshot just rolled back to is never marked)."""
+    """Remember a state (images and commit) rolled back away from, and mark bad every snapshot that
+    records it (except those in `keep`: the snapshot just rolled back to is never marked).
+
+    When a snapshot in `keep` records that same state, the images and commit were not what was bad
+    (only configuration files or data differed): nothing is remembered or marked, else every
+    snapshot of the good images and commit would be. Returns the snapshots marked."""
+    if any(_recorded_state_matches(os.path.join(root, snapshot_id), state) for snapshot_id in keep if snapshot_id):
+        return []
     append_line(os.path.join(root, BAD_STATES), dict(state, reason=reason, at=isoformat(utc_now())))
     marked = []
     for snapshot_id in list_snapshots(root):
         directory = os.path.join(root, snapshot_id)
         if snapshot_id in keep or is_bad(directory):
             continue
-        try:
-            manifest = load_manifest(directory)
-        except Exception:  # a damaged snapshot is no target anyway  # pylint: disable=broad-except
-            continue
-        if state_matches(manifest, state):
+        if _recorded_state_matches(directory, state):
             write_bad_marker(directory, reason, utc_now())
             marked.append(snapshot_id)
     return marked

@@ -155,7 +155,8 @@ options:
   bad_state:
     description:
       - With O(state=finish) and O(result=success), the state rolled back away from (C(images) per service,
-        C(commit)); it is remembered and every snapshot recording exactly it is marked bad.
+        C(commit)); it is remembered and every snapshot recording exactly it is marked bad. Not when the
+        snapshot rolled back to records the same state - then only configuration files or data were bad.
     type: dict
   audit_log:
     description: The audit log (JSON lines). Defaults to C(<backup_root>/<project>/audit.jsonl).

@@ -102,6 +102,8 @@ def test_a_release_slower_than_the_latency_limit_is_rolled_back(deployed):
     outcome = run.outcome()
     assert outcome["result"] == "rolled_back" and "latency" in outcome["why"]
     assert env_value(deployed, "APP_EXTRA_LATENCY_MS") == "1"
+    # Only .env was bad: the earlier snapshots of the same images and commit stay rollback targets.
+    assert not (deployed.root / deployed.good_snapshot / "BAD").exists(), "a snapshot of the good images was marked bad"
 
 
 def test_a_deploy_that_says_nothing_to_deploy_is_refused(deployed):

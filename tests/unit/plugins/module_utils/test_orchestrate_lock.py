@@ -271,3 +271,33 @@ def test_an_interrupted_runs_journal_refuses_in_one_line_naming_each_run(tmp_pat
         "nothing changed: interrupted rollback and deploy and emergency runs have not finished (run %s, started %s;"
         % (rollback["run_id"], rollback["started_at"]))
     assert "the stack may be half rolled back. Resume it with playbooks/rollback.yml" in message
+
+
+def _snapshot(root, snapshot_id, image_id, commit="c1"):
+    from ansible_collections.lastgood.rollback.plugins.module_utils import _manifest
+    staging = _manifest.start_staging(root)
+    manifest = {"id": snapshot_id, "services": {"app": {"image": "shop:1", "image_id": image_id}},
+                "git": {"commit": commit}, "files": {}}
+    return _manifest.finish_staging(staging, root, snapshot_id, manifest)
+
+
+def test_a_state_rolled_back_away_from_marks_the_snapshots_that_record_it(tmp_path):
+    root = str(tmp_path)
+    _snapshot(root, "20261201T100000Z", "sha256:good")
+    _snapshot(root, "20261201T110000Z", "sha256:broken")
+    marked = orch.mark_bad_state(root, {"images": {"app": "sha256:broken"}, "commit": "c1"}, "rolled back",
+                                 keep={"20261201T100000Z"})
+    assert marked == ["20261201T110000Z"]
+    assert len((tmp_path / orch.BAD_STATES).read_text().splitlines()) == 1
+
+
+def test_a_rollback_of_configuration_only_marks_no_snapshot_of_the_good_images(tmp_path):
+    """The target records the same images and commit: what was bad was a file, not them."""
+    root = str(tmp_path)
+    for snapshot_id in ("20261201T090000Z", "20261201T100000Z", "20261201T110000Z"):
+        _snapshot(root, snapshot_id, "sha256:good")
+    marked = orch.mark_bad_state(root, {"images": {"app": "sha256:good"}, "commit": "c1"}, "rolled back",
+                                 keep={"20261201T110000Z"})
+    assert marked == []
+    assert not any((tmp_path / snapshot_id / "BAD").exists() for snapshot_id in os.listdir(root))
+    assert not (tmp_path / orch.BAD_STATES).exists()
