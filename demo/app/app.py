@@ -10,7 +10,8 @@ A standard-library-only HTTP server listening on 127.0.0.1:$APP_PORT (default 18
   GET /metrics  Prometheus text format: request counters, a latency histogram, app info
 
 APP_ERROR_RATE (0..1) makes that fraction of GET / and GET /api answer 500, so that tests
-can drive error-rate based health gates.
+can drive error-rate based health gates. APP_STARTUP_DELAY_MS makes it start listening only
+that long after it started, as a slow-starting application does.
 
 It runs as PID 1 in its container, where the kernel applies no default action to SIGTERM,
 so it installs its own handler to stop promptly on `docker stop`.
@@ -42,6 +43,7 @@ def _env_float(name, default, low, high):
 
 ERROR_RATE = _env_float("APP_ERROR_RATE", 0, 0.0, 1.0)
 EXTRA_LATENCY_S = _env_float("APP_EXTRA_LATENCY_MS", 0, 0.0, 60_000.0) / 1000.0
+STARTUP_DELAY_S = _env_float("APP_STARTUP_DELAY_MS", 0, 0.0, 600_000.0) / 1000.0
 
 # Known paths are reported as they are; anything else as "other", so that scanners hitting
 # random URLs cannot blow up the number of time series.
@@ -184,6 +186,7 @@ def _stop(signum, _frame):
 def main():
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    time.sleep(STARTUP_DELAY_S)
     server = ThreadingHTTPServer((BIND, PORT), Handler)
     server.daemon_threads = True
     try:

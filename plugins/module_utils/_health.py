@@ -95,6 +95,7 @@ POLL_ARGUMENT_SPEC = dict(
     consecutive_successes=dict(type="int", default=1),
     consecutive_failures=dict(type="int"),
     watch_s=dict(type="float"),
+    startup_s=dict(type="float", default=0.0),
 )
 
 
@@ -164,6 +165,12 @@ class CheckResult:
         self.reason = _clip(reason) if reason else self.error
         # Container checks: failed only because healthchecks are still `starting` (see pause()).
         self.settling = False
+
+    @property
+    def not_up(self):
+        """Failed because the service does not answer yet (nothing listens, its healthcheck is
+        still starting), not because it answered wrong."""
+        return bool(self.failed) and (self.settling or self.error == "connection refused")
 
     @property
     def failed(self):
@@ -819,7 +826,7 @@ class PollSettings:
     """The validated polling options."""
 
     def __init__(self, retries=0, interval_s=1.0, deadline_s=60.0, consecutive_successes=1,
-                 consecutive_failures=None, watch_s=None):
+                 consecutive_failures=None, watch_s=None, startup_s=0.0):
         if retries < 0:
             raise HealthSpecError("retries must be 0 or more")
         if interval_s < 0:
@@ -832,6 +839,8 @@ class PollSettings:
             raise HealthSpecError("consecutive_failures must be 1 or more")
         if watch_s is not None and not watch_s > 0:
             raise HealthSpecError("watch_s must be greater than 0")
+        if startup_s is None or startup_s < 0:
+            raise HealthSpecError("startup_s must be 0 or more")
         if watch_s is None and consecutive_successes > retries + 1:
             raise HealthSpecError(
                 "consecutive_successes=%d can never be reached with retries=%d (at most %s)"
@@ -846,6 +855,8 @@ class PollSettings:
         if consecutive_failures is None and watch_s is not None:
             consecutive_failures = 1
         self.consecutive_failures = consecutive_failures
+        # Watching only: how long a service just (re)started may take to answer at all.
+        self.startup_s = startup_s if watch_s is not None else 0.0
 
     @classmethod
     def from_params(cls, params):
@@ -908,6 +919,9 @@ class PollOutcome:
         self.failing_since = None
         self.history = collections.deque(maxlen=HISTORY_CAP)
         self.stop_reason = None
+        # Watching with startup_s: the rounds before everything answered, and when it did.
+        self.starting_rounds = 0
+        self.up_after_s = None
 
 
 def poll(round_runner, settings, clock=time.monotonic, sleep=time.sleep, pause=None):
@@ -916,6 +930,10 @@ def poll(round_runner, settings, clock=time.monotonic, sleep=time.sleep, pause=N
     Waiting (no watch_s): stop healthy after `consecutive_successes` all-ok rounds in a row;
     unhealthy once `retries` rounds after the first are used up, the deadline has passed or
     (if set) `consecutive_failures` failed rounds came in a row.
+    Watching with startup_s: a failed round in which every failure is a service not answering
+    yet (CheckResult.not_up) counts for nothing, until the first round in which everything
+    answered or until startup_s has passed; the window starts again after each such round, so
+    it covers watch_s of a service that answers.
     Watching (watch_s): rounds run until watch_s has elapsed; unhealthy as soon as
     `consecutive_failures` failed rounds came in a row, healthy if the window closes first, on a
     round that did not fail: a window that closes on a failed round goes on, interval_s apart,
@@ -932,6 +950,7 @@ def poll(round_runner, settings, clock=time.monotonic, sleep=time.sleep, pause=N
     outcome = PollOutcome()
     started = clock()
     end = started + (settings.watch_s if settings.watching else settings.deadline_s)
+    starting_until = started + settings.startup_s if settings.startup_s else None
     while True:
         round_started_at = time.time()
         outcome.results = round_runner()
@@ -940,6 +959,15 @@ def poll(round_runner, settings, clock=time.monotonic, sleep=time.sleep, pause=N
         outcome.history.append([result.name for result in outcome.results if not result.ok])
         failed = any(not result.ok and not result.inconclusive for result in outcome.results)
         inconclusive = not failed and any(result.inconclusive for result in outcome.results)
+        if starting_until is not None:
+            if failed and now < starting_until and all(result.not_up for result in outcome.results if result.failed):
+                outcome.starting_rounds += 1
+                end = now + settings.watch_s
+                sleep(min(settings.interval_s, max(0.0, starting_until - now)))
+                continue
+            starting_until = None
+            if not (failed and all(result.not_up for result in outcome.results if result.failed)):
+                outcome.up_after_s = round(now - started, 3)
         if failed:
             if outcome.consecutive_failures == 0:
                 outcome.failing_since = round_started_at
@@ -1060,6 +1088,8 @@ def result_dict(outcome, settings):
         inconclusive=outcome.verdict == "inconclusive",
         elapsed_s=round(outcome.elapsed_s, 3),
         first_ok_after_s=None if outcome.first_ok_after_s is None else round(outcome.first_ok_after_s, 3),
+        starting_rounds=outcome.starting_rounds,
+        up_after_s=outcome.up_after_s,
         failing_since=outcome.failing_since,
         history=list(outcome.history),
         msg=summary(outcome, settings),
@@ -1080,6 +1110,8 @@ def validation_result(checks):
         inconclusive=None,
         elapsed_s=0.0,
         first_ok_after_s=None,
+        starting_rounds=0,
+        up_after_s=None,
         history=[],
         msg="valid: %s: %s; nothing probed" % (_plural(len(checks), "check"), kinds),
     )

@@ -231,8 +231,19 @@ options:
     description:
       - When set, watch for this many seconds instead of waiting for health (see the description).
       - O(retries), O(deadline_s) and O(consecutive_successes) do not apply then; the window itself
-        is the time limit, extended only to decide a failure streak it closes on.
+        is the time limit, extended only to decide a failure streak it closes on (and by O(startup_s)).
     type: float
+  startup_s:
+    description:
+      - Watching, how long the services may take to answer at all, as after a deploy recreated them. Until every
+        check's service answers, a round whose only failures are services not answering yet (connection refused, a
+        container healthcheck still C(starting)) counts for nothing, and the window starts again after it, so that
+        O(watch_s) is watched of services that answer.
+      - A service that answers wrong (an HTTP 500, too slow) counts at once; one that still does not answer after
+        O(startup_s) counts from then on.
+      - V(0) (the default) counts every round from the first. Ignored when waiting (without O(watch_s)).
+    type: float
+    default: 0
   fail_on_unhealthy:
     description:
       - Whether an unhealthy result fails the task.
@@ -480,6 +491,18 @@ first_ok_after_s:
   returned: always
   type: float
   sample: 0.012
+starting_rounds:
+  description: Watching with O(startup_s), the rounds that did not count because the services did not answer yet.
+  returned: always
+  type: int
+  sample: 4
+up_after_s:
+  description:
+    - Watching with O(startup_s), seconds from the start until the end of the first round in which every service
+      answered (rightly or wrongly); V(null) otherwise, or when they never did within O(startup_s).
+  returned: always
+  type: float
+  sample: 2.1
 failing_since:
   description:
     - Unix time at which the round that began the current run of failed rounds started; null when the last round

@@ -94,6 +94,21 @@ def test_a_broken_release_is_rolled_back_and_the_run_fails_saying_why(deployed):
     assert not (deployed.root / "rollback.lock").exists()
 
 
+def test_a_release_that_takes_its_time_to_start_is_watched_once_it_answers(deployed):
+    """The recreated app listens only 2.5 s after it started: five refused rounds of 0.5 s, more
+    than the three failures in a row that fail a watch, are a start, not a failure."""
+    run = deploy(deployed, {"APP_STARTUP_DELAY_MS": "2500"})
+    assert run.rc == 0, run.describe()
+    outcome = run.outcome()
+    assert outcome["result"] == "success" and outcome["verdict"] == "healthy", outcome
+    assert env_value(deployed, "APP_STARTUP_DELAY_MS") == "2500"
+    # Counted from the first round, as without a startup allowance, it would have been rolled back.
+    run = deploy(deployed, {"APP_STARTUP_DELAY_MS": "2600"}, lastgood_deploy_startup_s=0)
+    assert run.rc != 0 and run.outcome()["result"] == "rolled_back", run.describe()
+    assert "connection refused" in run.outcome()["why"]
+    assert env_value(deployed, "APP_STARTUP_DELAY_MS") == "2500"
+
+
 def test_a_release_slower_than_the_latency_limit_is_rolled_back(deployed):
     checks = ansible_run.stack_health_checks(deployed.stack) + [
         {"name": "api", "url": deployed.stack.url("app", "/api"), "status": [200], "timeout_s": 2}]

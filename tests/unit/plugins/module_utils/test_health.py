@@ -694,3 +694,38 @@ def test_poll_pauses_only_after_failed_rounds_while_waiting():
         outcome = _health.poll(fake.run_round, PollSettings(interval_s=1.0, **settings), clock=fake.clock,
                                sleep=recorder.sleep, pause=recorder.pause)
         assert recorder.calls == expected and outcome.healthy, recorder.calls
+
+
+class NotUpYet(FakeTime):
+    """Rounds scripted as "down" (connection refused), True (ok) or False (an HTTP 500)."""
+
+    def run_round(self):
+        self.round_starts.append(round(self.now - 100.0, 6))
+        step = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        self.now += self.round_s
+        if step == "down":
+            return [_health.CheckResult(self.check, ok=False, error="connection refused")]
+        return [_health.CheckResult(self.check, ok=step, latency_ms=1.0, error=None if step else "HTTP 500 (expected 200)")]
+
+
+def test_a_service_that_does_not_answer_yet_is_no_failure_during_startup():
+    fake = NotUpYet(["down"] * 6 + [True], round_s=0.0)
+    outcome = fake.poll(watch_s=2.0, interval_s=0.5, consecutive_failures=3, startup_s=10.0)
+    assert outcome.healthy and outcome.starting_rounds == 6 and outcome.up_after_s == pytest.approx(3.0)
+    # The window covers 2 s of a service that answers: it started again after the last refused round.
+    assert fake.round_starts[-1] == pytest.approx(2.5 + 2.0)
+    # Without startup_s the refused rounds are failed rounds, as before.
+    outcome = NotUpYet(["down"] * 6 + [True], round_s=0.0).poll(watch_s=2.0, interval_s=0.5, consecutive_failures=3)
+    assert not outcome.healthy and outcome.rounds == 3 and outcome.starting_rounds == 0
+
+
+def test_a_wrong_answer_counts_at_once_and_startup_ends_at_its_limit():
+    outcome = NotUpYet(["down", "down", False, False, False, True], round_s=0.0).poll(
+        watch_s=5.0, interval_s=0.5, consecutive_failures=3, startup_s=10.0)
+    assert not outcome.healthy and outcome.starting_rounds == 2 and outcome.rounds == 5
+    assert outcome.up_after_s == pytest.approx(1.0)
+    # Never answering: counted once startup_s has passed.
+    outcome = NotUpYet(["down"], round_s=0.0).poll(watch_s=5.0, interval_s=0.5, consecutive_failures=3, startup_s=2.0)
+    assert not outcome.healthy and outcome.stop_reason == "failures"
+    assert outcome.starting_rounds == 4 and outcome.rounds == 7 and outcome.up_after_s is None
+    assert outcome.elapsed_s == pytest.approx(3.0)
