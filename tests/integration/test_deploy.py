@@ -61,8 +61,11 @@ def last_known_good(found):
 def test_a_healthy_release_is_promoted_to_last_known_good(deployed):
     app_before = deployed.stack.container_id("app")
     static_before = deployed.stack.container_id("static")
-    run = deploy(deployed, {"APP_EXTRA_LATENCY_MS": "1", "RELEASE_SECRET": "s3cr3t-7f3a9"})
+    # A value with a $ and a " #" reaches the container as given (written quoted); the app ignores
+    # an error rate that is not a number.
+    run = deploy(deployed, {"APP_EXTRA_LATENCY_MS": "1", "RELEASE_SECRET": "s3cr3t-7f3a9", "APP_ERROR_RATE": "0 #$x"})
     assert run.rc == 0, run.describe()
+    assert "APP_ERROR_RATE=0 #$x" in deployed.stack.container("app").attrs["Config"]["Env"]
     outcome = run.outcome()
     assert outcome["result"] == "success" and outcome["verdict"] == "healthy"
     assert outcome["promoted"] and last_known_good(deployed) == outcome["promoted"]
@@ -124,6 +127,17 @@ def test_a_release_slower_than_the_latency_limit_is_rolled_back(deployed):
 def test_a_deploy_that_says_nothing_to_deploy_is_refused(deployed):
     run = ansible_run.run_playbook("deploy", deployed.inventory)
     assert run.rc != 0 and "the new version" in run.failure_msg()
+    assert not (deployed.root / "rollback.lock").exists()
+
+
+def test_values_compose_could_not_read_back_are_refused_naming_only_their_keys(deployed):
+    before = (deployed.stack.dir / ".env").read_text()
+    run = deploy(deployed, {"APP_EXTRA_LATENCY_MS": "7", "TOKEN_A": "pa\\ss\\", "TOKEN_B": "two\nlines", "1BAD": "x"})
+    assert run.rc != 0
+    message = run.failure_msg()
+    assert "TOKEN_A" in message and "TOKEN_B" in message and "1BAD" in message, message
+    assert "pa\\ss" not in run.stdout + run.stderr and "two\nlines" not in run.stdout + run.stderr
+    assert (deployed.stack.dir / ".env").read_text() == before
     assert not (deployed.root / "rollback.lock").exists()
 
 
