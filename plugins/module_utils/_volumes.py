@@ -518,6 +518,7 @@ def backup_volume(module, client, volume, dest_path, compress=False, quiesce="no
     started = time.monotonic()
     moment = utc_now()
     pause = ContainerPause(client, running if quiesce != "none" else [], how=quiesce, stop_timeout=stop_timeout)
+    published = False
     try:
         with pause:
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o600)
@@ -525,11 +526,19 @@ def backup_volume(module, client, volume, dest_path, compress=False, quiesce="no
                 summary, skipped, digest, size = write_archive(vol["mountpoint"], handle, compress)
                 handle.flush()
                 os.fsync(handle.fileno())
-        os.replace(partial, dest_path)
+            # Published before the containers start again: one that fails to start does not
+            # cost the complete archive (and another stop to take it again).
+            os.replace(partial, dest_path)
+            published = True
         _fsync_dir(directory)
     except (OSError, tarfile.TarError) as exc:
         _remove_quietly(partial)
         raise VolumeError("backup of volume %s failed: %s" % (volume, one_line(exc)))
+    except VolumeError as exc:
+        _remove_quietly(partial)
+        if published:
+            raise VolumeError("%s (the archive %s of volume %s is complete)" % (exc.msg, dest_path, volume))
+        raise
     except BaseException:
         _remove_quietly(partial)
         raise
@@ -971,6 +980,11 @@ def restore_volume(module, client, project, volume, archive_path, recorded, snap
                 os.rename(previous, mountpoint)
                 raise
             result["previous_path"] = previous
+            # Before the containers start again: an application that removes files as it starts
+            # (a lock, a cache) must not make a complete restore look incomplete. Paths whose names
+            # are not UTF-8 were recorded with replacement characters: not checkable.
+            missing = [p for p in (recorded.get("paths") or archive.as_dict()["paths"])
+                       if "\ufffd" not in p and not os.path.lexists(os.path.join(mountpoint, p))]
     except (VolumeError, OSError) as exc:
         result["downtime"] = pause.window()
         msg = exc.msg if isinstance(exc, VolumeError) else one_line(exc)
@@ -983,10 +997,6 @@ def restore_volume(module, client, project, volume, archive_path, recorded, snap
         raise VolumeError("volume %s was restored but its containers did not all start again: %s (previous content at %s)"
                           % (name, msg, previous), **result)
     result["downtime"] = pause.window()
-
-    # Paths whose names are not UTF-8 were recorded with replacement characters: not checkable.
-    missing = [p for p in (recorded.get("paths") or archive.as_dict()["paths"])
-               if "\ufffd" not in p and not os.path.lexists(os.path.join(mountpoint, p))]
     result["missing_paths"] = missing[:50]
     if missing:
         raise VolumeError("volume %s was restored but %d expected path(s) are missing, e.g. %s (previous content at %s)"

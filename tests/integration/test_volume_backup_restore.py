@@ -505,3 +505,27 @@ def test_failed_swap_puts_the_live_data_back(vstack, docker_client, tmp_path, mo
     assert tree(mount) == before and stack.leftovers() == []
     assert stack.identity("media")[2] is True
     assert caught.value.result["downtime"]["seconds"] > 0
+
+
+def test_a_user_that_will_not_start_again_does_not_cost_the_complete_archive(vstack, docker_client, tmp_path,
+                                                                             monkeypatch):
+    """quiesce=stop, and the engine refuses to start the volume's user again (a port taken meanwhile,
+    a bind mount gone): the backup fails saying so, and keeps the archive it completed."""
+    stack = vstack()
+    populate(stack.mountpoint())
+    real_start = docker_client.api.start
+
+    def refuse_start(container, *args, **kwargs):
+        raise _volumes.APIError("driver failed programming external connectivity (injected)")
+
+    monkeypatch.setattr(docker_client.api, "start", refuse_start)
+    dest = tmp_path / "kept.tar"
+    with pytest.raises(_volumes.VolumeError, match=r"cannot start container\(s\) again: .*injected.*is complete") as caught:
+        _volumes.backup_volume(api_module(), docker_client, stack.volume(), str(dest), quiesce="stop")
+    monkeypatch.undo()
+    assert "\n" not in caught.value.msg
+    assert dest.exists() and not list(tmp_path.glob("kept.tar.part-*"))
+    with tarfile.open(dest) as archive:
+        names = archive.getnames()
+        assert any(name.endswith("photos/2026/a.jpg") for name in names), names[:10]
+    real_start(stack.container("media")["Id"])
