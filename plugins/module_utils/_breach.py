@@ -561,7 +561,8 @@ def read_env_value(text, key):
         if match and match.group(2) == key and not line.lstrip().startswith("#"):
             value = line.split("=", 1)[1].strip()
             if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-                value = value[1:-1]
+                # Single-quoted, compose reads every character as it is but \' (dotenv_value writes that).
+                value = value[1:-1].replace("\\'", "'") if value[0] == "'" else value[1:-1]
     return value
 
 

@@ -145,6 +145,10 @@ class HealthSpecError(Exception):
 
 # -- results ------------------------------------------------------------------------------
 
+# What a probe of a service that does not listen yet gets, directly or through a published port.
+NOT_UP_ERRORS = ("connection refused", "connection closed without an answer", "connection reset by peer")
+
+
 class CheckResult:
     """The outcome of one probe."""
 
@@ -169,8 +173,9 @@ class CheckResult:
     @property
     def not_up(self):
         """Failed because the service does not answer yet (nothing listens, its healthcheck is
-        still starting), not because it answered wrong."""
-        return bool(self.failed) and (self.settling or self.error == "connection refused")
+        still starting), not because it answered wrong. Behind a published port, docker's proxy
+        accepts the connection and closes it (or resets it) without an answer instead."""
+        return bool(self.failed) and (self.settling or self.error in NOT_UP_ERRORS)
 
     @property
     def failed(self):
@@ -959,14 +964,15 @@ def poll(round_runner, settings, clock=time.monotonic, sleep=time.sleep, pause=N
         outcome.history.append([result.name for result in outcome.results if not result.ok])
         failed = any(not result.ok and not result.inconclusive for result in outcome.results)
         inconclusive = not failed and any(result.inconclusive for result in outcome.results)
-        if starting_until is not None:
-            if failed and now < starting_until and all(result.not_up for result in outcome.results if result.failed):
+        if starting_until is not None and now < starting_until:
+            if failed and all(result.not_up for result in outcome.results if result.failed):
                 outcome.starting_rounds += 1
                 end = now + settings.watch_s
                 sleep(min(settings.interval_s, max(0.0, starting_until - now)))
                 continue
-            starting_until = None
-            if not (failed and all(result.not_up for result in outcome.results if result.failed)):
+            # A wrong answer counts at once; the startup goes on while any service does not answer.
+            if not any(result.not_up for result in outcome.results):
+                starting_until = None
                 outcome.up_after_s = round(now - started, 3)
         if failed:
             if outcome.consecutive_failures == 0:

@@ -208,8 +208,11 @@ class ContainerPause:
                 else:
                     self.client.api.stop(container["id"], timeout=self._grace(container))
                 self.done.append(container)
-        # Not only the engine's refusals: a timeout or a lost connection must bring the others back too.
+        # Not only the engine's refusals: a timeout or a lost connection must bring the others back too,
+        # and the one that failed, which the engine may well have stopped anyway.
         except Exception as exc:  # pylint: disable=broad-except
+            if self.how == "stop":
+                self.done.append(container)
             problems = self.resume()
             raise VolumeError("cannot %s container %s: %s%s" % (
                 self.how, container["name"], one_line(exc),

@@ -236,9 +236,10 @@ options:
   startup_s:
     description:
       - Watching, how long the services may take to answer at all, as after a deploy recreated them. Until every
-        check's service answers, a round whose only failures are services not answering yet (connection refused, a
-        container healthcheck still C(starting)) counts for nothing, and the window starts again after it, so that
-        O(watch_s) is watched of services that answer.
+        check's service answers, a round whose only failures are services not answering yet (connection refused;
+        behind a published port, a connection closed or reset without an answer; a container healthcheck still
+        C(starting)) counts for nothing, and the window starts again after it, so that O(watch_s) is watched of
+        services that answer.
       - A service that answers wrong (an HTTP 500, too slow) counts at once; one that still does not answer after
         O(startup_s) counts from then on.
       - V(0) (the default) counts every round from the first. Ignored when waiting (without O(watch_s)).

@@ -243,6 +243,8 @@ def test_a_deploy_plan_is_not_stopped_by_an_interrupted_run_its_real_run_would_c
                                        extra_vars={"lastgood_deploy_env": {"APP_EXTRA_LATENCY_MS": "9"}})
         assert run.rc == 0, run.describe()
         assert run.outcome()["result"] == "planned"
+        # The plan is compose's own for the new values: the app would be recreated, nothing else.
+        assert run.outcome()["services_changed"] == ["recreate app"], run.outcome()
         assert sorted(path.name for path in deployed.root.iterdir()) == sorted(snapshots + ["journal.json", "rollback.lock"])
         assert env_value(deployed, "APP_EXTRA_LATENCY_MS") != "9"
     finally:

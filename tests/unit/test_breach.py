@@ -207,3 +207,11 @@ def test_the_ssh_connection_is_found_in_an_ancestor_when_sudo_dropped_it():
     env = dict(os.environ, SSH_CONNECTION="203.0.113.9 51234 198.51.100.7 22")
     out = subprocess.run([sys.executable, "-c", session], env=env, capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == ["203.0.113.9 51234 198.51.100.7 22", False]
+
+
+def test_a_value_the_deploy_wrote_quoted_is_read_as_compose_reads_it():
+    """dotenv_value single-quotes a value that is not plain, with ' written as \\'."""
+    from ansible_collections.lastgood.rollback.plugins.filter.dotenv_value import dotenv_value
+    for password in ("it's", "Sup3r$ecret #1", "plain-value"):
+        text = "DB_PASSWORD=%s\n" % dotenv_value(password)
+        assert _breach.read_env_value(text, "DB_PASSWORD") == password

@@ -729,3 +729,31 @@ def test_a_wrong_answer_counts_at_once_and_startup_ends_at_its_limit():
     assert not outcome.healthy and outcome.stop_reason == "failures"
     assert outcome.starting_rounds == 4 and outcome.rounds == 7 and outcome.up_after_s is None
     assert outcome.elapsed_s == pytest.approx(3.0)
+
+
+class TwoServices(FakeTime):
+    """Rounds of two checks, web and api, each scripted as "down", True or False."""
+
+    def __init__(self, script, **kw):
+        super().__init__(script, **kw)
+        self.checks = [one_check(name="web", port=1), one_check(name="api", port=2)]
+
+    def run_round(self):
+        self.round_starts.append(round(self.now - 100.0, 6))
+        steps = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        self.now += self.round_s
+        results = []
+        for check, step in zip(self.checks, steps):
+            if step == "down":
+                # What a probe through a published port gets while nothing listens behind it.
+                results.append(_health.CheckResult(check, ok=False, error="connection closed without an answer"))
+            else:
+                results.append(_health.CheckResult(check, ok=step, latency_ms=1.0, error=None if step else "HTTP 500"))
+        return results
+
+
+def test_one_service_answering_wrong_does_not_end_the_startup_of_another():
+    fake = TwoServices([(False, "down"), (True, "down"), (True, "down"), (True, "down"), (True, True)], round_s=0.0)
+    outcome = fake.poll(watch_s=2.0, interval_s=0.5, consecutive_failures=3, startup_s=10.0)
+    assert outcome.healthy, outcome.history
+    assert outcome.starting_rounds == 3 and outcome.up_after_s == pytest.approx(2.0)
