@@ -51,6 +51,7 @@ import time
 from ansible.module_utils.basic import env_fallback
 
 from ansible_collections.lastgood.rollback.plugins.module_utils._compose import ComposeError
+from ansible_collections.lastgood.rollback.plugins.module_utils._services import STOPPABLE_STATES
 from ansible_collections.lastgood.rollback.plugins.module_utils._docker import (
     APIError,
     docker_client,
@@ -507,7 +508,7 @@ def restore_redis(module, project, service, archive_path, recorded, check_mode=F
     # the reason for the restore) or a paused one is read as down, but it is stopped before the swap
     # like a running one: it would otherwise load the data in the middle of it.
     running = status == "running"
-    must_stop = status in ("running", "restarting", "paused")
+    must_stop = status in STOPPABLE_STATES
     if running:
         config = server.config()
         info = server.info()

@@ -182,6 +182,8 @@ def volume_containers(client, name):
             continue
         summary = container_summary(attrs)
         summary["project"] = ((attrs.get("Config") or {}).get("Labels") or {}).get("com.docker.compose.project")
+        # Its own grace period (compose's stop_grace_period), for ContainerPause.
+        summary["stop_timeout"] = (attrs.get("Config") or {}).get("StopTimeout")
         found.append(summary)
     return sorted(found, key=lambda c: c["name"])
 
@@ -220,11 +222,12 @@ class ContainerPause:
         return self
 
     def _grace(self, container):
-        """Seconds the stop gives the container: the given one, else its own (compose's stop_grace_period)
-        or the engine's 10, so that the wait for the engine's answer covers the whole grace period."""
+        """Seconds the stop gives the container: the given one, else its own (compose's stop_grace_period,
+        as volume_containers read it) or the engine's 10, so that the wait for the engine's answer covers
+        the whole grace period."""
         if self.stop_timeout is not None:
             return self.stop_timeout
-        configured = (self.client.api.inspect_container(container["id"]).get("Config") or {}).get("StopTimeout")
+        configured = container.get("stop_timeout")
         return 10 if configured is None else configured
 
     def resume(self):

@@ -284,7 +284,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.lastgood.rollback.plugins.module_utils import _services
 from ansible_collections.lastgood.rollback.plugins.module_utils._compose import ComposeError, ComposeProject, fail_compose
-from ansible_collections.lastgood.rollback.plugins.module_utils._docker import APIError, docker_client
+from ansible_collections.lastgood.rollback.plugins.module_utils._docker import APIError, docker_client, one_line
 from ansible_collections.lastgood.rollback.plugins.module_utils._orchestrate import HOLDER_ARGUMENT_SPEC, lock_for_module
 from ansible_collections.lastgood.rollback.plugins.module_utils._postgres import (
     POSTGRES_ARGUMENT_SPEC,
@@ -373,7 +373,7 @@ def clients_control(module, params, report):
         except ComposeError as exc:
             fail_compose(module, exc)
         except APIError as exc:
-            module.fail_json(msg="cannot list the containers of project %s: %s" % (project.name, str(exc).splitlines()[0]))
+            module.fail_json(msg="cannot list the containers of project %s: %s" % (project.name, one_line(exc)))
         report["clients_to_stop"] = [action.split(" ", 1)[1] for action in plan["actions"]]
         return None
     return lambda: _services.stopped_while(project, client, params["stop_services"], report)
