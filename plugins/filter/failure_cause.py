@@ -13,6 +13,8 @@ description:
   - Takes C(ansible_failed_result) in a C(rescue) block and returns the message an operator needs.
   - A looped task that failed only says C(One or more items failed); the message of its first failed item is
     returned instead.
+  - A command that failed (M(ansible.builtin.command)) only says C(non-zero return code); the last line it wrote to
+    its standard error (else to its standard output) is returned instead.
   - Every role of the collection reports its failures, in audit lines, reports and webhooks, through this filter.
 positional: _input
 options:
@@ -42,20 +44,30 @@ EXAMPLES = r"""
 
 RETURN = r"""
 _value:
-  description: The failed item's or the task's C(msg), else O(default).
+  description: The failed item's or the task's C(msg) (for a failed command, its last line of output), else O(default).
   type: str
 """
 
 from collections.abc import Mapping
 
 
+# What ansible.builtin.command says of any command that failed.
+COMMAND_FAILED = "non-zero return code"
+
+
 def failure_cause(result, default="unknown error"):
-    """The msg of the first failed item of a looped result, else the result's msg, else `default`."""
+    """The msg of the first failed item of a looped result, else the result's msg (a failed
+    command's last line of output instead of COMMAND_FAILED), else `default`."""
     if not isinstance(result, Mapping):
         return default
     for item in result.get("results") or []:
         if isinstance(item, Mapping) and item.get("failed") and item.get("msg"):
             return str(item["msg"])
+    if result.get("msg") == COMMAND_FAILED:
+        for stream in ("stderr", "stdout"):
+            lines = [line.strip() for line in str(result.get(stream) or "").splitlines() if line.strip()]
+            if lines:
+                return lines[-1]
     return str(result.get("msg") or default)
 
 

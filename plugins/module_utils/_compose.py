@@ -9,6 +9,12 @@ import os
 
 from ansible_collections.lastgood.rollback.plugins.module_utils._errors import StepError, fail_step
 
+# The files compose looks for in the project directory when none is named, in its order, and the
+# override files it then adds by itself.
+COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
+OVERRIDE_FILES = ("compose.override.yaml", "compose.override.yml", "docker-compose.override.yaml",
+                  "docker-compose.override.yml")
+
 # Options every module that addresses a compose project shares (documented in the
 # lastgood.rollback.project doc fragment).
 PROJECT_ARGUMENT_SPEC = dict(
@@ -121,7 +127,7 @@ class ComposeProject:
         env_files = self.config_files_from_env()
         if env_files:
             return env_files
-        for candidate in ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml"):
+        for candidate in COMPOSE_FILES:
             if os.path.isfile(os.path.join(self.project_dir, candidate)):
                 return [candidate]
         return []
@@ -135,6 +141,20 @@ class ComposeProject:
             return []
         separator = os.environ.get("COMPOSE_PATH_SEPARATOR", os.pathsep)
         return [part for part in value.split(separator) if part]
+
+    def host_files(self):
+        """What configures this project on the host, relative to the project directory: its compose
+        files, an override file compose picks by itself, the .env, the services' env_file entries
+        (these only when compose can read the project)."""
+        found = set(self.compose_files()) | {".env"}
+        if not self.files and not self.config_files_from_env():
+            found.update(name for name in OVERRIDE_FILES if os.path.isfile(os.path.join(self.project_dir, name)))
+        if self.module.get_bin_path("docker"):
+            try:
+                found.update(self.env_files())
+            except ComposeError:
+                pass
+        return sorted(found)
 
     def env_files(self):
         """env_file entries of all services, relative to the project directory."""

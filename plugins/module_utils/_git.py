@@ -228,8 +228,12 @@ def paths_of(files):
 
 # -- tier 3: the plan, the move, the way back --------------------------------------------------
 
-def plan_rollback(repo, target, mode, stash, backup_id, target_label=None):
+def plan_rollback(repo, target, mode, stash, backup_id, target_label=None, keep=()):
     """Everything a rollback to `target` would do, verified before anything changes.
+
+    keep: paths (relative to the top level) that stay in the work tree while untracked and not in
+    the move: the host's own compose configuration (.env, env files, an override file). Stashed,
+    they would leave with the code and the stack would start without its settings.
 
     Raises GitError with one line for every refusal: unknown or missing target (also in a shallow
     clone), detached HEAD in revert mode, merges in the reverted range, a dirty tree without stash
@@ -249,7 +253,6 @@ def plan_rollback(repo, target, mode, stash, backup_id, target_label=None):
         raise GitError("target %s is not a commit in %s, nothing changed" % (label, repo.toplevel))
 
     entries = repo.status()
-    dirty = bool(entries)
     if mode == "checkout":
         at_target = head == wanted
         leaving = repo.commits("%s..%s" % (wanted, head)) if not at_target else []
@@ -267,6 +270,8 @@ def plan_rollback(repo, target, mode, stash, backup_id, target_label=None):
             raise GitError("revert mode cannot undo merge commits (%s); use mode=checkout, nothing changed"
                            % ", ".join(short(m) for m in merges))
     files = [] if at_target else repo.changed_files(head, wanted)
+    entries, kept = kept_in_place(entries, keep, files)
+    dirty = bool(entries)
 
     if dirty and not stash:
         touched = set(paths_of(files))
@@ -295,6 +300,7 @@ def plan_rollback(repo, target, mode, stash, backup_id, target_label=None):
         "mode": mode,
         "before": {"commit": head, "branch": branch, "dirty": dirty},
         "uncommitted": status_lines(entries),
+        "kept": kept,
         "stash_wanted": bool(dirty and stash),
         "stash_message": STASH_MESSAGE_PREFIX + backup_id,
         "backup_ref": backup_ref,
@@ -336,10 +342,9 @@ def apply_rollback(repo, plan, check_mode):
         repo.run(["update-ref", "-m", "lastgood: before rollback", plan["backup_ref"], head, ""], what="update-ref")
     stash = None
     if plan["stash_wanted"]:
-        repo.run(["stash", "push", "--include-untracked", "-m", plan["stash_message"]], what="stash push",
-                 env=repo.identity_env())
+        repo.run(stash_push_args(plan["stash_message"], plan["kept"]), what="stash push", env=repo.identity_env())
         found = repo.find_stash(plan["stash_message"])
-        if found is None or repo.status():
+        if found is None or [path for _code, path in repo.status() if path not in plan["kept"]]:
             raise GitError("stashing the uncommitted changes did not leave a clean tree; nothing else changed",
                            backup_ref=plan["backup_ref"])
         stash = {"ref": found[0], "commit": found[1], "message": plan["stash_message"]}
@@ -357,6 +362,26 @@ def apply_rollback(repo, plan, check_mode):
         back = put_back(repo, head, stash)
         raise GitError("%s; %s" % (exc.msg, "; ".join(back)), stash=stash, backup_ref=plan["backup_ref"], **exc.result)
     return repo.head(), stash, actions
+
+
+def kept_in_place(entries, keep, files):
+    """(the status entries to stash, the untracked paths of `keep` that stay where they are).
+
+    A kept path the move itself brings (the target tracks it) is stashed as before: the target's
+    own file takes its place and the host's copy waits in the stash."""
+    moved = set(paths_of(files))
+    keep = set(keep)
+    kept = sorted(path for code, path in entries if code == "??" and path in keep and path not in moved)
+    return [entry for entry in entries if entry[1] not in kept], kept
+
+
+def stash_push_args(message, kept):
+    """git stash push of everything uncommitted and untracked except the `kept` paths."""
+    args = ["stash", "push", "--include-untracked", "-m", message]
+    if kept:
+        # Pathspecs from the top level whatever directory git runs in, taken literally.
+        args += ["--", ":(top)"] + [":(top,exclude,literal)" + path for path in kept]
+    return args
 
 
 def put_back(repo, commit, stash):
@@ -377,8 +402,8 @@ def put_back(repo, commit, stash):
     return done
 
 
-def plan_restore(repo, backup_id):
-    """The way back to refs/lastgood/before-<id> (the commit) and its stash."""
+def plan_restore(repo, backup_id, keep=()):
+    """The way back to refs/lastgood/before-<id> (the commit) and its stash; `keep` as for plan_rollback."""
     check_id(backup_id)
     backup_ref = BACKUP_REF_PREFIX + backup_id
     commit = repo.ref_commit(backup_ref)
@@ -387,17 +412,19 @@ def plan_restore(repo, backup_id):
     head = repo.head()
     message = STASH_MESSAGE_PREFIX + backup_id
     found = repo.find_stash(message)
-    entries = repo.status()
+    files = [] if head == commit else repo.changed_files(head, commit)
+    entries, kept = kept_in_place(repo.status(), keep, files)
     keep_head = head != commit and not repo.is_ancestor(head, commit)
     return {
         "backup_ref": backup_ref,
         "target": commit,
         "before": {"commit": head, "branch": repo.branch(), "dirty": bool(entries)},
         "uncommitted": status_lines(entries),
+        "kept": kept,
         "stash": {"ref": found[0], "commit": found[1], "message": message} if found else None,
         "after_ref": AFTER_REF_PREFIX + backup_id if keep_head else None,
         "after_stash_message": "lastgood after-" + backup_id,
-        "files": [] if head == commit else repo.changed_files(head, commit),
+        "files": files,
         "commits": [] if head == commit else repo.commits("%s..%s" % (commit, head)),
         "changed": head != commit or bool(found),
     }
@@ -423,8 +450,8 @@ def apply_restore(repo, plan, check_mode):
     if plan["after_ref"]:
         repo.run(["update-ref", "-m", "lastgood: after rollback", plan["after_ref"], head], what="update-ref")
     if plan["before"]["dirty"]:
-        repo.run(["stash", "push", "--include-untracked", "-m", plan["after_stash_message"]],
-                 what="stash push", env=repo.identity_env())
+        repo.run(stash_push_args(plan["after_stash_message"], plan["kept"]), what="stash push",
+                 env=repo.identity_env())
     if head != commit:
         repo.run(["reset", "--hard", "--quiet", commit], what="reset")
     if plan["stash"]:

@@ -15,6 +15,11 @@ description:
   - Nothing is lost. Before the tree moves, the current commit is recorded under C(refs/lastgood/before-<id>)
     (O(backup_ref_id)) and uncommitted and untracked changes go into a stash named C(lastgood before-<id>)
     (C(git stash push --include-untracked)), which stays in the stash list. Ignored files are left alone.
+  - The project's own configuration on the host stays in place when git does not track it - its compose files, an
+    override file compose adds, the C(.env), the services' C(env_file) entries (RV(kept)). A code rollback moves
+    code, not the host's settings; stashed, they would leave with the code and the stack would start without them.
+    Only when the target itself tracks such a file does the host's copy go into the stash, the target's taking its
+    place.
   - O(mode=checkout) on a branch resets the branch to the target (C(git reset --hard), only once the backup ref and
     the stash exist); on a detached HEAD it checks the target out detached. O(mode=revert) adds revert commits for
     every commit on top of the target (C(git revert --no-edit <target>..HEAD)), keeping the history; it needs a branch
@@ -97,7 +102,8 @@ options:
   stash:
     description:
       - Stash uncommitted and untracked changes before the move. With V(false), a dirty tree is refused when the move
-        would touch its changes (in checkout mode on a branch, whenever the tree is dirty).
+        would touch its changes (in checkout mode on a branch, whenever the tree is dirty). The project's untracked
+        configuration files (RV(kept)) never count as changes here.
     type: bool
     default: true
   tag:
@@ -197,10 +203,18 @@ stash:
   type: dict
   sample: {ref: "stash@{0}", commit: 9c1f..., message: lastgood before-20261130T101500Z}
 uncommitted:
-  description: C(git status --porcelain) lines of the uncommitted and untracked changes before.
+  description: C(git status --porcelain) lines of the uncommitted and untracked changes before, that the stash takes.
   returned: always
   type: list
   elements: str
+kept:
+  description: >-
+    The project's untracked configuration files left in place (paths relative to the top level of the work tree),
+    not stashed.
+  returned: with O(state=rolled_back) or O(state=restored)
+  type: list
+  elements: str
+  sample: [".env", "compose.override.yaml"]
 commits:
   description: C(<short> <subject>) of the commits left (checkout) or reverted (revert), newest first.
   returned: always
@@ -294,9 +308,10 @@ def rolled_back(module, repo, params, stamp):
         snapshot_id, target = snapshot_target(module, project, params)
         label = "%s (snapshot %s)" % (_git.short(target), snapshot_id)
     backup_id = params["backup_ref_id"] or stamp
-    plan = _git.plan_rollback(repo, target, params["mode"], params["stash"], backup_id, target_label=label)
+    plan = _git.plan_rollback(repo, target, params["mode"], params["stash"], backup_id, target_label=label,
+                              keep=host_paths(repo, project))
     after, stash, actions = _git.apply_rollback(repo, plan, module.check_mode)
-    touched = _git.paths_of(plan["files"]) + [line.split(" ", 1)[1] for line in plan["uncommitted"]]
+    touched = _git.paths_of(plan["files"]) + _git.paths_of(plan["uncommitted"])
     services = project.services
     compose_paths = set(project.compose_files()) | {".env"}
     if plan["changed"] and not module.check_mode and touched:
@@ -323,6 +338,7 @@ def rolled_back(module, repo, params, stamp):
         stash=stash if not module.check_mode else (
             {"ref": None, "commit": None, "message": plan["stash_message"]} if plan["stash_wanted"] else None),
         uncommitted=plan["uncommitted"],
+        kept=plan["kept"],
         commits=plan["commits"],
         files=plan["files"],
         services_from_source=built,
@@ -341,11 +357,24 @@ def _rel(toplevel, project_dir, path):
     return os.path.relpath(os.path.join(toplevel, path), project_dir)
 
 
+def host_paths(repo, project):
+    """The project's own configuration on this host (ComposeProject.host_files), relative to the
+    work tree's top level: what stays in place, untracked, while the code moves."""
+    top = os.path.realpath(repo.toplevel)
+    paths = []
+    for name in project.host_files():
+        path = os.path.relpath(os.path.realpath(os.path.join(project.project_dir, name)), top)
+        if not path.startswith(".."):
+            paths.append(path)
+    return paths
+
+
 def restored(module, repo, params):
     if not params["backup_ref_id"]:
         module.fail_json(msg="state=restored needs backup_ref_id (the <id> of refs/lastgood/before-<id>)")
     project_name = lock_for_restore(module, params)
-    plan = _git.plan_restore(repo, params["backup_ref_id"])
+    project = ComposeProject(module, params["project_dir"], params["files"], project_name)
+    plan = _git.plan_restore(repo, params["backup_ref_id"], keep=host_paths(repo, project))
     after, actions = _git.apply_restore(repo, plan, module.check_mode)
     return dict(
         changed=plan["changed"],
@@ -359,6 +388,7 @@ def restored(module, repo, params):
         after_ref=plan["after_ref"],
         stash=plan["stash"],
         uncommitted=plan["uncommitted"],
+        kept=plan["kept"],
         commits=plan["commits"],
         files=plan["files"],
         actions=actions,

@@ -31,6 +31,8 @@ services:
   web:
     build:
       context: ./web
+      args:
+        NOTE: ${NOTE:-none}
     network_mode: host
     stop_signal: SIGKILL
     command: ["sh", "-c", "exec httpd -f -p 127.0.0.1:${WEB_PORT} -h /www"]
@@ -48,9 +50,12 @@ services:
 """ % BASE_IMAGE
 
 # The label lets destroy() find every image this project built, also those no tag names any more.
+# The note label is the build arg NOTE (from .env): what a build read.
 DOCKERFILE = """\
 FROM %s
 LABEL lastgood.test.project={project}
+ARG NOTE=none
+LABEL lastgood.test.note=$NOTE
 COPY www /www
 """ % BASE_IMAGE
 
@@ -64,7 +69,9 @@ class CodeRepo:
         self.image_ids = set()  # every image this repo built, removed by destroy()
 
     @classmethod
-    def create(cls, parent: Path, client, version="good", up=True):
+    def create(cls, parent: Path, client, version="good", up=True, ignore_env=True):
+        """ignore_env=False: the .env is neither tracked nor ignored, as on hosts where nobody
+        wrote a .gitignore (commit_all never adds it)."""
         project = "lgcode%s" % secrets.token_hex(4)
         directory = Path(parent) / project
         (directory / "web" / "www").mkdir(parents=True)
@@ -73,7 +80,7 @@ class CodeRepo:
         (directory / "web" / "Dockerfile").write_text(DOCKERFILE.format(project=project))
         (directory / "web" / "www" / "index.html").write_text("hello\n")
         (directory / "README").write_text("the code tier's test project\n")
-        (directory / ".gitignore").write_text(".env\n")
+        (directory / ".gitignore").write_text(".env\n" if ignore_env else "")
         (directory / ".env").write_text("WEB_PORT=%d\nSIDE_PORT=%d\n" % (ports["web"], ports["side"]))
         repo = cls(directory, client, ports)
         try:
@@ -130,6 +137,7 @@ class CodeRepo:
 
     def commit_all(self, message):
         self.git("add", "-A")
+        self.git("rm", "-q", "--cached", "--ignore-unmatch", "--", ".env")
         self.git("commit", "-q", "-m", message)
         return self.head()
 
@@ -165,6 +173,10 @@ class CodeRepo:
 
     def image_of_reference(self):
         return self.client.api.inspect_image(self.reference())["Id"]
+
+    def build_note(self):
+        """The build arg NOTE the web image was built with."""
+        return self.client.api.inspect_image(self.reference())["Config"]["Labels"]["lastgood.test.note"]
 
     def container(self, service):
         found = self.client.containers.list(all=True, filters={"label": [

@@ -38,8 +38,8 @@ def repos(docker_client, tmp_path_factory):
     parent = tmp_path_factory.mktemp("code")
     created = []
 
-    def factory(up=True):
-        repo = code_support.CodeRepo.create(parent, docker_client, up=up)
+    def factory(up=True, **options):
+        repo = code_support.CodeRepo.create(parent, docker_client, up=up, **options)
         created.append(repo)
         return repo
 
@@ -353,6 +353,52 @@ def test_check_mode_equals_the_real_run_and_the_second_run_changes_nothing(idle_
     assert other.rc == 0, other.describe()
     assert other.result()["changed"] is False and other.result()["resumed"] is False
     assert other.result()["services_to_rebuild"] == []
+
+
+def test_an_untracked_env_file_stays_in_place_while_the_code_moves(repos, tmp_path):
+    """The .env holds the ports and is not ignored: stashed with the code, the rebuilt web would
+    start without WEB_PORT. It stays; the rest of the untracked work goes into the stash."""
+    repo = repos(ignore_env=False)
+    env = (repo.dir / ".env").read_text()
+    good = repo.head()
+    repo.commit_bad()
+    repo.deploy()
+    wait_version(repo, "bad")
+    (repo.dir / "notes.txt").write_text("an untracked file\n")
+    inventory = ansible_run.write_inventory(tmp_path, repo.host_vars(tmp_path / "backups"))
+    run = ansible_run.run_playbook("rollback_code", inventory, extra_vars={"lastgood_git_ref": good})
+    assert run.rc == 0, run.describe()
+    move = run.results_of_module("lastgood.rollback.git_revert")[0]
+    assert move["kept"] == [".env"] and move["uncommitted"] == ["?? notes.txt"]
+    assert repo.head() == good and repo.status() == "?? .env"
+    assert (repo.dir / ".env").read_text() == env and not (repo.dir / "notes.txt").exists()
+    wait_version(repo, "good")
+    assert repo.health("web") == "healthy"
+    stash = repo.stashes()[0][0]
+    assert repo.out("show", "--name-only", "--format=", stash + "^3") == "notes.txt"
+
+
+def test_a_deploy_of_new_code_builds_with_its_own_env_values(repos, tmp_path):
+    """deploy.yml with a git ref and .env values, the .env untracked: the move leaves it in place,
+    the values are written, and only then is web rebuilt, so its build arg reads the new value."""
+    repo = repos(ignore_env=False)
+    (repo.dir / ".env").write_text((repo.dir / ".env").read_text() + "NOTE=old\n")
+    repo.write_version("next")
+    target = repo.commit_all("web next")
+    repo.git("reset", "-q", "--hard", "HEAD~1")
+    watch = {"lastgood_watch_s": 2, "lastgood_watch_interval_s": 0.5}
+    inventory = ansible_run.write_inventory(tmp_path, repo.host_vars(tmp_path / "backups", **watch))
+    try:
+        run = ansible_run.run_playbook("deploy", inventory, extra_vars={
+            "lastgood_deploy_git_ref": target, "lastgood_deploy_env": {"NOTE": "new"}})
+        assert run.rc == 0, run.describe()
+        assert run.outcome()["result"] == "success"
+        assert repo.head() == target and repo.status() == "?? .env"
+        assert "NOTE=new" in (repo.dir / ".env").read_text().splitlines()
+        assert repo.build_note() == "new"
+        wait_version(repo, "next")
+    finally:
+        ansible_run.remove_snapshot_pins(repo.client, tmp_path / "backups")
 
 
 # -- failures after the move: the tree goes back ---------------------------------------------------

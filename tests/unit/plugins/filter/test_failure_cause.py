@@ -19,6 +19,12 @@ from ansible_collections.lastgood.rollback.plugins.filter.failure_cause import F
     # Items skipped or without a message: the task's message.
     ({"failed": True, "msg": "One or more items failed", "results": [{"skipped": True}, "not a dict"]},
      "One or more items failed"),
+    # A failed command: the last line it wrote, not "non-zero return code".
+    ({"failed": True, "msg": "non-zero return code", "rc": 1, "cmd": ["docker", "compose", "up"],
+      "stderr": "Step 3/3 : COPY missing /x\nCOPY failed: file not found\n\n", "stdout": "Building web\n"},
+     "COPY failed: file not found"),
+    ({"failed": True, "msg": "non-zero return code", "rc": 2, "stderr": "", "stdout": "only here\n"}, "only here"),
+    ({"failed": True, "msg": "non-zero return code", "rc": 2, "stderr": "", "stdout": ""}, "non-zero return code"),
     ({"failed": True}, "unknown error"),
     (None, "unknown error"),
     ("a string", "unknown error"),

@@ -191,3 +191,56 @@ def test_parse_status_z_keeps_the_source_of_a_rename_with_its_entry():
     assert _git.parse_status_z(out) == [
         (" M", "app.py", None), ("R ", "new.conf", "old.conf"), ("??", "notes.txt", None)]
     assert _git.parse_status_z("") == []
+
+
+def test_the_hosts_untracked_configuration_stays_while_the_code_moves(work):
+    """An untracked .env (the stack's settings) is neither stashed nor lost, there and back."""
+    directory, good, bad = work
+    (directory / ".env").write_text("DB_PASSWORD=s3cret\n")
+    (directory / "new.txt").write_text("untracked\n")
+    repo = repo_of(directory)
+    plan = _git.plan_rollback(repo, good, "checkout", True, "k1", keep=[".env", "compose.override.yaml"])
+    assert plan["kept"] == [".env"] and plan["uncommitted"] == ["?? new.txt"]
+    after, stash, _actions = _git.apply_rollback(repo, plan, check_mode=False)
+    assert after == good and stash["message"] == "lastgood before-k1"
+    assert (directory / ".env").read_text() == "DB_PASSWORD=s3cret\n" and not (directory / "new.txt").exists()
+    assert git(directory, "status", "--porcelain", "-uall") == "?? .env"
+    restore = _git.plan_restore(repo, "k1", keep=[".env"])
+    assert restore["kept"] == [".env"] and restore["uncommitted"] == []
+    _git.apply_restore(repo, restore, check_mode=False)
+    assert git(directory, "rev-parse", "HEAD") == bad and git(directory, "stash", "list") == ""
+    assert (directory / ".env").read_text() == "DB_PASSWORD=s3cret\n" and (directory / "new.txt").exists()
+
+
+def test_only_kept_files_dirty_is_a_clean_tree(work):
+    """Nothing to stash, and stash=false is not refused for them; at the target, nothing changes."""
+    directory, good, _bad = work
+    (directory / ".env").write_text("A=1\n")
+    repo = repo_of(directory)
+    plan = _git.plan_rollback(repo, good, "checkout", False, "k2", keep=[".env"])
+    assert plan["stash_wanted"] is False and plan["before"]["dirty"] is False
+    _git.apply_rollback(repo, plan, check_mode=False)
+    assert git(directory, "stash", "list") == "" and (directory / ".env").read_text() == "A=1\n"
+    assert _git.plan_rollback(repo, good, "checkout", True, "k3", keep=[".env"])["changed"] is False
+
+
+def test_a_kept_file_the_target_tracks_waits_in_the_stash(work):
+    """The target brings its own .env: the host's copy is stashed, not overwritten by reset --hard."""
+    directory, _good, bad = work
+    (directory / ".env").write_text("TRACKED=1\n")
+    git(directory, "add", ".env")
+    git(directory, "commit", "-q", "-m", "track .env")
+    tracked = git(directory, "rev-parse", "HEAD")
+    git(directory, "reset", "-q", "--hard", bad)
+    (directory / ".env").write_text("HOST=1\n")
+    repo = repo_of(directory)
+    plan = _git.plan_rollback(repo, tracked, "checkout", True, "k4", keep=[".env"])
+    assert plan["kept"] == [] and plan["uncommitted"] == ["?? .env"]
+    _after, stash, _actions = _git.apply_rollback(repo, plan, check_mode=False)
+    assert (directory / ".env").read_text() == "TRACKED=1\n" and stash is not None
+    assert git(directory, "show", "%s^3:.env" % stash["commit"]) == "HOST=1"
+
+
+def test_stash_push_args_exclude_kept_paths_from_the_top_level():
+    assert _git.stash_push_args("m", []) == ["stash", "push", "--include-untracked", "-m", "m"]
+    assert _git.stash_push_args("m", ["app/.env"])[-3:] == ["--", ":(top)", ":(top,exclude,literal)app/.env"]
