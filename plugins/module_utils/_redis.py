@@ -25,7 +25,8 @@ keyspace taken when the save finished: exact when ``rdb_changes_since_last_save`
 
 Restore: size and sha256 of the archive and the RDB framing (magic, EOF opcode) are checked
 first; nothing changes before. Then: stage the file beside the live one (same owner and
-mode), stop the service (``docker compose stop``; a server with save points writes a last
+mode); a running server's own ``redis-check-rdb`` checks the staged file (an RDB version newer
+than the server reads, a bad CRC: the stage is removed, nothing else changed); stop the service (``docker compose stop``; a server with save points writes a last
 snapshot on shutdown, which becomes the safety copy), rename the live file to
 ``<dbfilename>.before-<id>`` and the staged one into place, start the service (``docker compose
 start``) and wait until INFO shows ``loading:0``. With ``appendonly yes`` Redis would load the
@@ -552,6 +553,8 @@ def restore_redis(module, project, service, archive_path, recorded, check_mode=F
     aof_previous = _unused_path(aof_live + PREVIOUS_INFIX + snapshot_id) if appendonly else None
     actions = result["actions"]
     actions.append("stage %s as %s" % (archive_path, stage))
+    if running:
+        actions.append("check the staged snapshot with the server's own redis-check-rdb")
     if must_stop:
         actions.append("stop service %s" % service)
     if os.path.lexists(live):
@@ -571,6 +574,10 @@ def restore_redis(module, project, service, archive_path, recorded, check_mode=F
     file_mode = stat.S_IMODE(owner.st_mode) if reference == live else 0o644
     try:
         _stage_file(archive_path, stage, expected, owner, file_mode)
+        if running:
+            # The server's own binary, before it is stopped: an RDB version newer than it reads, or a
+            # file it would refuse, would leave the service down after the swap.
+            server.check_rdb(posixpath.join(posixpath.normpath(config["dir"]), os.path.basename(stage)))
         if appendonly:
             _stage_aof(archive_path, aof_stage, appendfilename, owner, file_mode, os.stat(host_dir))
     except (OSError, RedisError) as exc:

@@ -12,7 +12,10 @@ version_added: 0.1.0
 description:
   - Restores an RDB file written by M(lastgood.rollback.redis_backup).
   - Nothing changes until the file is known to be good - its size and sha256 match the record and it is framed
-    as a complete RDB file. The file is then staged beside the live one (same owner and mode).
+    as a complete RDB file. The file is then staged beside the live one (same owner and mode). A running server
+    checks the staged file with its own C(redis-check-rdb) before it is stopped - an RDB version newer than it
+    reads, or a bad checksum, is refused with the stage removed and nothing else changed (skipped when the image
+    has no C(redis-check-rdb)).
   - The service is stopped (C(docker compose stop); a server with save points writes a last snapshot while
     shutting down, which becomes part of the safety copy), the live RDB file is renamed to
     C(<dbfilename>.before-<snapshot_id>) and the staged file renamed into its place, the service is started

@@ -346,7 +346,13 @@ def test_bad_snapshot_is_refused_before_any_change(rstack, tmp_path):
     flipped.write_bytes(raw[:100] + bytes([raw[100] ^ 1]) + raw[101:])
     truncated = tmp_path / "truncated.rdb"
     truncated.write_bytes(raw[:-20])
+    # Files whose record matches but that the server itself would not load: the server's own
+    # redis-check-rdb refuses them before it is stopped.
+    too_new = tmp_path / "too-new.rdb"
+    too_new.write_bytes(b"REDIS0099" + raw[9:])
     cases = [
+        (too_new, {"sha256": sha256(too_new)}, "redis-check-rdb rejects the snapshot"),
+        (flipped, {"sha256": sha256(flipped)}, "redis-check-rdb rejects the snapshot"),
         (flipped, backup, "does not match its recorded sha256"),
         (truncated, backup, "it is truncated or not the recorded file"),
         (truncated, {"sha256": sha256(truncated)}, "is truncated: no end-of-file marker"),
