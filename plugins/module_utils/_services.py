@@ -138,16 +138,26 @@ STOPPABLE_STATES = ("running", "restarting", "paused")
 CLIENT_STATES = ("running", "restarting")
 
 
+def to_stop(project, client, services, states=STOPPABLE_STATES):
+    """Those among `services` with a container in one of `states`, in the order given."""
+    before = project_containers(client, project.name)
+    return [s for s in services if any(c["state"] in states for c in before.get(s, []))]
+
+
+def stop_services(project, services, stop_timeout=None):
+    """`docker compose stop` of `services` (a list that is not empty); cmd, rc, stdout, stderr."""
+    args = ["stop"]
+    if stop_timeout is not None:
+        args += ["--timeout", str(stop_timeout)]
+    return project.run_result(args + ["--"] + list(services))
+
+
 def stop(project, client, services, stop_timeout=None, check_mode=False, states=STOPPABLE_STATES):
     """Stop those among `services` with a container in one of `states`; a result dict with the actions."""
-    before = project_containers(client, project.name)
-    running = [s for s in services if any(c["state"] in states for c in before.get(s, []))]
+    running = to_stop(project, client, services, states)
     result = dict(changed=bool(running), actions=["stop %s" % s for s in running])
     if running and not check_mode:
-        args = ["stop"]
-        if stop_timeout is not None:
-            args += ["--timeout", str(stop_timeout)]
-        result.update(project.run_result(args + ["--"] + running))
+        result.update(stop_services(project, running, stop_timeout))
     return result
 
 
@@ -159,8 +169,9 @@ def stopped_while(project, client, services, report, stop_timeout=None, wait_tim
     was). `report` receives `clients_stopped`, `clients_downtime_s` and `clients_ready`.
     Starting them again must succeed: a failure to start raises ComposeError after the block.
     """
-    result = stop(project, client, services, stop_timeout=stop_timeout, states=CLIENT_STATES)
-    names = [action.split(" ", 1)[1] for action in result["actions"]]
+    names = to_stop(project, client, services, states=CLIENT_STATES)
+    if names:
+        stop_services(project, names, stop_timeout)
     report["clients_stopped"] = names
     started = time.monotonic()
     try:

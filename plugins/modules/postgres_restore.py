@@ -368,13 +368,12 @@ def clients_control(module, params, report):
     client = docker_client(module)
     if module.check_mode:
         try:
-            plan = _services.stop(project, client, params["stop_services"], check_mode=True,
-                                  states=_services.CLIENT_STATES)
+            report["clients_to_stop"] = _services.to_stop(project, client, params["stop_services"],
+                                                          states=_services.CLIENT_STATES)
         except ComposeError as exc:
             fail_compose(module, exc)
         except APIError as exc:
             module.fail_json(msg="cannot list the containers of project %s: %s" % (project.name, one_line(exc)))
-        report["clients_to_stop"] = [action.split(" ", 1)[1] for action in plan["actions"]]
         return None
     return lambda: _services.stopped_while(project, client, params["stop_services"], report)
 
