@@ -24,10 +24,11 @@ phase_marks.py, enabled both ways): startup (process start to the playbook's sta
 playbook's tasks) and teardown (its end to the process's end). Startup and teardown are what
 ansible-runner adds around any job and vary little; the body's difference is what the event
 stream costs, and it carries the machine's run-to-run spread of the job's own work (docker,
-compose, PostgreSQL), which on a busy two-core machine is larger than the overhead itself. It also runs an empty playbook both ways each round: the difference is what
-ansible-runner costs any job whatever it runs (starting ansible-runner, its pty, the event
-callback), which no playbook can avoid; the rest of a job's overhead is the event stream of its
-tasks.
+compose, PostgreSQL), which on a busy two-core machine is larger than the overhead itself.
+
+It also runs an empty playbook both ways each round: the difference is what ansible-runner
+costs any job whatever it runs (starting ansible-runner, its pty, the event callback), which no
+playbook can avoid; the rest of a job's overhead is the event stream of its tasks.
 """
 
 from __future__ import annotations
@@ -167,9 +168,9 @@ class Bench:
 
 
 def print_phases(bench, name):
+    phases = bench.phase_figures(name).items()
     print("      phases (playbook / runner / paired difference): %s"
-          % "   ".join("%s %.2f / %.2f / %+.2f s" % ((phase,) + figures)
-                     for phase, figures in bench.phase_figures(name).items()))
+          % "   ".join("%s %.2f / %.2f / %+.2f s" % ((phase,) + figures) for phase, figures in phases))
 
 
 def main():

@@ -26,10 +26,11 @@ keyspace taken when the save finished: exact when ``rdb_changes_since_last_save`
 Restore: size and sha256 of the archive and the RDB framing (magic, EOF opcode) are checked
 first; nothing changes before. Then: stage the file beside the live one (same owner and
 mode); a running server's own ``redis-check-rdb`` checks the staged file (an RDB version newer
-than the server reads, a bad CRC: the stage is removed, nothing else changed); stop the service (``docker compose stop``; a server with save points writes a last
-snapshot on shutdown, which becomes the safety copy), rename the live file to
-``<dbfilename>.before-<id>`` and the staged one into place, start the service (``docker compose
-start``) and wait until INFO shows ``loading:0``. With ``appendonly yes`` Redis would load the
+than the server reads, a bad CRC: the stage is removed, nothing else changed); stop the
+service (``docker compose stop``; a server with save points writes a last snapshot on
+shutdown, which becomes the safety copy), rename the live file to ``<dbfilename>.before-<id>``
+and the staged one into place, start the service (``docker compose start``) and wait until
+INFO shows ``loading:0``. With ``appendonly yes`` Redis would load the
 AOF and ignore the RDB: for Redis 7+ (multi-part AOF, ``appenddirname``) the AOF directory is
 set aside as ``<appenddirname>.before-<id>`` and a new one is written whose base is the
 restored RDB, with an empty increment and a manifest; older servers with AOF on are refused.
