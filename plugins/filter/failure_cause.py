@@ -62,13 +62,18 @@ def failure_cause(result, default="unknown error"):
         return default
     for item in result.get("results") or []:
         if isinstance(item, Mapping) and item.get("failed") and item.get("msg"):
-            return str(item["msg"])
-    if result.get("msg") == COMMAND_FAILED:
+            return _message(item)
+    return _message(result) if result.get("msg") else default
+
+
+def _message(result):
+    """The result's msg; for a failed command, the last line it wrote (stderr, else stdout)."""
+    if result["msg"] == COMMAND_FAILED:
         for stream in ("stderr", "stdout"):
             lines = [line.strip() for line in str(result.get(stream) or "").splitlines() if line.strip()]
             if lines:
                 return lines[-1]
-    return str(result.get("msg") or default)
+    return str(result["msg"])
 
 
 class FilterModule:

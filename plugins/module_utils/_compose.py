@@ -9,11 +9,8 @@ import os
 
 from ansible_collections.lastgood.rollback.plugins.module_utils._errors import StepError, fail_step
 
-# The files compose looks for in the project directory when none is named, in its order, and the
-# override files it then adds by itself.
+# The files compose looks for in the project directory when none is named, in its order.
 COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
-OVERRIDE_FILES = ("compose.override.yaml", "compose.override.yml", "docker-compose.override.yaml",
-                  "docker-compose.override.yml")
 
 # Options every module that addresses a compose project shares (documented in the
 # lastgood.rollback.project doc fragment).
@@ -144,11 +141,9 @@ class ComposeProject:
 
     def host_files(self):
         """What configures this project on the host, relative to the project directory: its compose
-        files, an override file compose picks by itself, the .env, the services' env_file entries
-        (these only when compose can read the project)."""
+        files, the .env and the services' env_file entries (these only when compose can read the
+        project) - the files a snapshot records and the config tier puts back."""
         found = set(self.compose_files()) | {".env"}
-        if not self.files and not self.config_files_from_env():
-            found.update(name for name in OVERRIDE_FILES if os.path.isfile(os.path.join(self.project_dir, name)))
         if self.module.get_bin_path("docker"):
             try:
                 found.update(self.env_files())
@@ -190,7 +185,7 @@ def read_env_file(path):
                 if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
                     value = value[1:-1]
                 values[key] = value
-    except (IOError, OSError):
+    except (IOError, OSError, ValueError):  # ValueError: not UTF-8, compose cannot read it either
         pass
     return values
 

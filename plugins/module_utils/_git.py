@@ -232,7 +232,7 @@ def plan_rollback(repo, target, mode, stash, backup_id, target_label=None, keep=
     """Everything a rollback to `target` would do, verified before anything changes.
 
     keep: paths (relative to the top level) that stay in the work tree while untracked and not in
-    the move: the host's own compose configuration (.env, env files, an override file). Stashed,
+    the move: the host's own compose configuration (.env, env files, compose files). Stashed,
     they would leave with the code and the stack would start without its settings.
 
     Raises GitError with one line for every refusal: unknown or missing target (also in a shallow

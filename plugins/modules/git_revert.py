@@ -15,11 +15,11 @@ description:
   - Nothing is lost. Before the tree moves, the current commit is recorded under C(refs/lastgood/before-<id>)
     (O(backup_ref_id)) and uncommitted and untracked changes go into a stash named C(lastgood before-<id>)
     (C(git stash push --include-untracked)), which stays in the stash list. Ignored files are left alone.
-  - The project's own configuration on the host stays in place when git does not track it - its compose files, an
-    override file compose adds, the C(.env), the services' C(env_file) entries (RV(kept)). A code rollback moves
-    code, not the host's settings; stashed, they would leave with the code and the stack would start without them.
-    Only when the target itself tracks such a file does the host's copy go into the stash, the target's taking its
-    place.
+  - The project's own configuration on the host stays in place when git does not track it - its compose files, the
+    C(.env), the services' C(env_file) entries, the files a snapshot records (RV(kept)). A code rollback moves code,
+    not the host's settings; stashed, they would leave with the code and the stack would start without them. Only
+    when the target itself tracks such a file does the host's copy go into the stash, the target's taking its
+    place. Any other untracked file, an override file compose would add by itself too, goes into the stash.
   - O(mode=checkout) on a branch resets the branch to the target (C(git reset --hard), only once the backup ref and
     the stash exist); on a detached HEAD it checks the target out detached. O(mode=revert) adds revert commits for
     every commit on top of the target (C(git revert --no-edit <target>..HEAD)), keeping the history; it needs a branch
@@ -103,7 +103,7 @@ options:
     description:
       - Stash uncommitted and untracked changes before the move. With V(false), a dirty tree is refused when the move
         would touch its changes (in checkout mode on a branch, whenever the tree is dirty). The project's untracked
-        configuration files (RV(kept)) never count as changes here.
+        configuration files left in place (RV(kept)) do not count as changes here.
     type: bool
     default: true
   tag:
@@ -214,7 +214,7 @@ kept:
   returned: with O(state=rolled_back) or O(state=restored)
   type: list
   elements: str
-  sample: [".env", "compose.override.yaml"]
+  sample: [".env", "config/app.env"]
 commits:
   description: C(<short> <subject>) of the commits left (checkout) or reverted (revert), newest first.
   returned: always
@@ -363,7 +363,9 @@ def host_paths(repo, project):
     top = os.path.realpath(repo.toplevel)
     paths = []
     for name in project.host_files():
-        path = os.path.relpath(os.path.realpath(os.path.join(project.project_dir, name)), top)
+        # The directory resolved, not the file: git reports a symlinked .env as the link.
+        full = os.path.join(project.project_dir, name)
+        path = os.path.relpath(os.path.join(os.path.realpath(os.path.dirname(full)), os.path.basename(full)), top)
         if not path.startswith(".."):
             paths.append(path)
     return paths

@@ -383,6 +383,7 @@ def test_a_deploy_of_new_code_builds_with_its_own_env_values(repos, tmp_path):
     the values are written, and only then is web rebuilt, so its build arg reads the new value."""
     repo = repos(ignore_env=False)
     (repo.dir / ".env").write_text((repo.dir / ".env").read_text() + "NOTE=old\n")
+    good = repo.head()
     repo.write_version("next")
     target = repo.commit_all("web next")
     repo.git("reset", "-q", "--hard", "HEAD~1")
@@ -397,6 +398,9 @@ def test_a_deploy_of_new_code_builds_with_its_own_env_values(repos, tmp_path):
         assert "NOTE=new" in (repo.dir / ".env").read_text().splitlines()
         assert repo.build_note() == "new"
         wait_version(repo, "next")
+        # The move is named after the deploy's run: a resumed deploy finds it again.
+        run_id = run.outcome()["run_id"]
+        assert repo.refs() == {"refs/lastgood/before-deploy-%s" % run_id: good}
     finally:
         ansible_run.remove_snapshot_pins(repo.client, tmp_path / "backups")
 

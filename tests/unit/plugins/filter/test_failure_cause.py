@@ -25,6 +25,10 @@ from ansible_collections.lastgood.rollback.plugins.filter.failure_cause import F
      "COPY failed: file not found"),
     ({"failed": True, "msg": "non-zero return code", "rc": 2, "stderr": "", "stdout": "only here\n"}, "only here"),
     ({"failed": True, "msg": "non-zero return code", "rc": 2, "stderr": "", "stdout": ""}, "non-zero return code"),
+    # A looped command: its failed item's last line.
+    ({"failed": True, "msg": "One or more items failed", "results": [
+        {"failed": True, "msg": "non-zero return code", "rc": 1, "stderr": "no space left on device\n", "item": "a"}]},
+     "no space left on device"),
     ({"failed": True}, "unknown error"),
     (None, "unknown error"),
     ("a string", "unknown error"),

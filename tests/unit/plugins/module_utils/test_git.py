@@ -244,3 +244,28 @@ def test_a_kept_file_the_target_tracks_waits_in_the_stash(work):
 def test_stash_push_args_exclude_kept_paths_from_the_top_level():
     assert _git.stash_push_args("m", []) == ["stash", "push", "--include-untracked", "-m", "m"]
     assert _git.stash_push_args("m", ["app/.env"])[-3:] == ["--", ":(top)", ":(top,exclude,literal)app/.env"]
+
+
+def test_a_symlinked_env_file_is_kept_as_the_link_git_reports(work):
+    """host_paths resolves the directory, not the file: git reports `.env`, not its target."""
+    from ansible_collections.lastgood.rollback.plugins.modules.git_revert import host_paths
+
+    directory, _good, _bad = work
+    (directory / "envs").mkdir()
+    (directory / "envs" / "prod.env").write_text("A=1\n")
+    (directory / ".env").symlink_to("envs/prod.env")
+
+    class Project:
+        project_dir = str(directory)
+
+        def host_files(self):
+            return [".env", "compose.yaml"]
+
+    assert host_paths(repo_of(directory), Project()) == [".env", "compose.yaml"]
+
+
+def test_an_env_file_compose_cannot_read_is_no_crash(tmp_path):
+    from ansible_collections.lastgood.rollback.plugins.module_utils._compose import read_env_file
+
+    (tmp_path / ".env").write_bytes(b"NAME=caf\xe9\n")
+    assert read_env_file(str(tmp_path / ".env")) == {}
