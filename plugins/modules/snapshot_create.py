@@ -317,9 +317,7 @@ PIN_TAG_PREFIX = "lastgood-"
 def recorded_files(project, patterns):
     """Relative paths of the files a snapshot records, all inside the project directory."""
     base = os.path.realpath(project.project_dir)
-    wanted = set(project.compose_files()) | set(project.env_files())
-    if os.path.isfile(os.path.join(base, ".env")):
-        wanted.add(".env")
+    wanted = set(project.host_files())  # compose files, .env, env_file entries: what git_revert keeps
     for pattern in patterns:
         if os.path.isabs(pattern):
             raise ManifestError("config file pattern %r must be relative to the project directory" % pattern)
