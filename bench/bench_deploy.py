@@ -5,6 +5,10 @@ Each round deploys the broken v2 image through playbooks/deploy.yml (APP_IMAGE i
 watch of 0.5 s rounds failing after 3 in a row. A 20 Hz prober on /health records the first
 failing answer; the rollback's start is the start of the rollback run in the audit log (its
 journal opened, lock taken over from the deploy). Prints the medians and the worst round.
+
+RELEASE=crash deploys a release that crashes as it starts instead (APP_PORT=not-a-port: the app
+exits 1 at once), with the deploy's default 60 s startup allowance: its refused connections look
+like a start, and the crash of the recreated container is what fails the watch.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from prober import Prober
 from ansible_run import remove_snapshot_pins  # tests/integration, on the path through common
 
 RUNS = int(os.environ.get("RUNS", "3"))
+RELEASES = {"broken": {"APP_IMAGE": "lastgood-demo/app:v2"}, "crash": {"APP_PORT": "not-a-port"}}
+RELEASE = os.environ.get("RELEASE", "broken")
 INTERVAL_S = 0.5
 THRESHOLD = 3
 
@@ -40,7 +46,7 @@ def main():
         audit = work / "backups" / stack.project / "audit.jsonl"
         rounds = []
         for _round in range(RUNS):
-            extra = json.dumps({"lastgood_deploy_env": {"APP_IMAGE": "lastgood-demo/app:v2"}})
+            extra = json.dumps({"lastgood_deploy_env": RELEASES[RELEASE]})
             with Prober(stack.url("app", "/health")) as prober:
                 offset = time.time() - time.monotonic()
                 started = time.monotonic()
@@ -64,6 +70,7 @@ def main():
         gap = median(r[0] for r in rounds)
         worst = max(r[0] for r in rounds)
         print()
+        print(f"release: {RELEASE} {RELEASES[RELEASE]}")
         print(f"first failing health answer (watch) -> rollback start: median {gap:.2f} s, worst {worst:.2f} s   "
               f"target <= interval x threshold + 1 = {INTERVAL_S} x {THRESHOLD} + 1 = {bound:.2f} s   "
               f"{'MET' if worst <= bound else 'MISSED'}")

@@ -149,6 +149,17 @@ def container_problem(summary):
     return None
 
 
+def crash_problem(summary):
+    """None unless the container crashed; else how: exited or dead with a non-zero exit code, or
+    `restarting` (its restart policy bringing a crashed process back). A container still starting,
+    unhealthy or stopped with exit code 0 (a one-shot job that finished) has not crashed."""
+    if summary["state"] == "restarting":
+        return "restarting"
+    if summary["state"] == "dead" or (summary["state"] == "exited" and summary["exit_code"] not in (0, None)):
+        return "%s (exit code %s)" % (summary["state"], summary["exit_code"])
+    return None
+
+
 def still_starting(summary):
     """A running container whose Docker healthcheck has not decided yet (`starting`)."""
     return summary["state"] == "running" and summary["health"] == "starting"

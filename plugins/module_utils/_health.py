@@ -54,6 +54,8 @@ COMPARISONS = {
 }
 VERDICTS = ("healthy", "failed", "inconclusive")
 ON_INCONCLUSIVE = ("fail", "report")
+# What a container check requires of each container (see evaluate_containers()).
+CONTAINER_REQUIREMENTS = ("ready", "not_crashed")
 
 # Argument spec of one entry of `checks`. Options that belong to one check type carry no
 # default here: the type's defaults are applied by parse_checks(), so an option given for the
@@ -78,6 +80,7 @@ CHECK_ARGUMENT_SPEC = dict(
     files=dict(PROJECT_ARGUMENT_SPEC["files"]),
     project_name=dict(PROJECT_ARGUMENT_SPEC["project_name"]),
     services=dict(type="list", elements="str"),
+    require=dict(type="str", choices=list(CONTAINER_REQUIREMENTS)),
     # postgres
     user=dict(type="str"),
     password=dict(type="str", no_log=True),
@@ -118,7 +121,7 @@ TYPE_OPTIONS = {
     "http": dict(url=_REQUIRED, status=[200], body_regex=None, max_latency_ms=None,
                  method="GET", validate_certs=True, headers=None),
     "tcp": dict(host="127.0.0.1", port=_REQUIRED),
-    "container": dict(project_dir=None, files=None, project_name=None, services=None),
+    "container": dict(project_dir=None, files=None, project_name=None, services=None, require="ready"),
     "postgres": dict(host="127.0.0.1", port=5432, user="postgres", password=None,
                      database="postgres", query=None),
     "prometheus": dict(url=_REQUIRED, query=_REQUIRED, threshold=_REQUIRED, comparison="<=",
@@ -374,6 +377,7 @@ class ContainerCheck(Check):
         self.files = options["files"]
         self.project_name = options["project_name"]
         self.services = options["services"]
+        self.require = options["require"]
         # The compose project name, resolved once before probing (see the module).
         self.project = self.project_name
         self._client = None
@@ -392,9 +396,10 @@ class ContainerCheck(Check):
             return CheckResult(self, ok=False, latency_ms=(time.monotonic() - started) * 1000.0,
                                error="Docker engine: %s" % one_line(exc))
         latency_ms = (time.monotonic() - started) * 1000.0
-        error, containers = evaluate_containers(self.project, by_service, self.services)
+        error, containers = evaluate_containers(self.project, by_service, self.services, self.require)
         result = CheckResult(self, ok=error is None, latency_ms=latency_ms, error=error, containers=containers)
-        result.settling = error is not None and only_starting(by_service, self.services)
+        # A crash is never a start: it counts at once, also within a watch's startup allowance.
+        result.settling = error is not None and self.require == "ready" and only_starting(by_service, self.services)
         return result
 
     def still_starting(self):
@@ -407,12 +412,14 @@ class ContainerCheck(Check):
             return False
 
 
-def evaluate_containers(project, by_service, services=None):
+def evaluate_containers(project, by_service, services=None, require="ready"):
     """(error or None, container summaries) for the services of a project.
 
-    `by_service` is what _docker.project_containers() returns. A container is fine when it
-    runs and, if it has a Docker healthcheck, is `healthy` (_docker.container_problem).
+    `by_service` is what _docker.project_containers() returns. With `require` "ready" a
+    container is fine when it runs and, if it has a Docker healthcheck, is `healthy`
+    (_docker.container_problem); with "not_crashed", unless it crashed (_docker.crash_problem).
     """
+    problem_of = _docker.container_problem if require == "ready" else _docker.crash_problem
     wanted = list(services) if services else sorted(by_service)
     problems = []
     containers = []
@@ -425,7 +432,7 @@ def evaluate_containers(project, by_service, services=None):
         for container in found:
             containers.append(dict(service=service, name=container["name"],
                                    state=container["state"], health=container["health"]))
-            problem = _docker.container_problem(container)
+            problem = problem_of(container)
             if problem:
                 problems.append("%s is %s" % (container["name"], problem))
     return ("; ".join(problems) if problems else None), containers

@@ -152,6 +152,18 @@ options:
             container fails the check.
         type: list
         elements: str
+      require:
+        description:
+          - V(container) only. What each container of O(checks[].services) must be. Defaults to V(ready).
+          - V(ready) - running and, if it has a Docker healthcheck, C(healthy). A healthcheck still
+            C(starting) is a service not up yet (see O(startup_s)).
+          - V(not_crashed) - not crashed. The check fails only for a container that exited with a non-zero
+            code, is C(dead), or is C(restarting) (its restart policy bringing a crashed process back).
+            A container still starting, unhealthy, or stopped with code 0 (a one-shot job that finished)
+            passes. A crash counts at once, also within O(startup_s). Meant for a watch of the services a
+            deploy just recreated, alongside the checks that say whether they answer right.
+        type: str
+        choices: [ready, not_crashed]
       user:
         description:
           - V(postgres) only. The database user. Defaults to V(postgres).
@@ -316,7 +328,7 @@ EXAMPLES = r"""
     deadline_s: 60
     consecutive_successes: 3
 
-- name: Watch the new release for two minutes, report instead of failing
+- name: Watch the new release for two minutes (it may take 30 s to listen), report instead of failing
   lastgood.rollback.health_check:
     checks:
       - name: app-health
@@ -324,7 +336,14 @@ EXAMPLES = r"""
       - name: static
         host: 127.0.0.1
         port: 8081
+      # The recreated app crashing as it starts fails the watch at once, not after startup_s.
+      - name: new-containers
+        type: container
+        project_name: shop
+        services: [app]
+        require: not_crashed
     watch_s: 120
+    startup_s: 30
     interval_s: 2
     consecutive_failures: 3
     fail_on_unhealthy: false

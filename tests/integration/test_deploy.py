@@ -112,6 +112,20 @@ def test_a_release_that_takes_its_time_to_start_is_watched_once_it_answers(deplo
     assert env_value(deployed, "APP_STARTUP_DELAY_MS") == "2500"
 
 
+def test_a_release_that_crashes_as_it_starts_is_rolled_back_without_waiting_for_its_start(deployed):
+    """An app port that is not a number: the recreated app exits 1 at once. Its HTTP check is
+    refused as during a start, but the crash of a container the deploy recreated counts at once;
+    without that the watch would wait out the 10 min startup allowance."""
+    port = env_value(deployed, "APP_PORT")
+    run = deploy(deployed, {"APP_PORT": "not-a-port"}, lastgood_deploy_startup_s=600)
+    assert run.rc != 0
+    outcome = run.outcome()
+    assert outcome["result"] == "rolled_back" and outcome["verdict"] == "failed", outcome
+    assert "new-containers" in outcome["why"] and "exited (exit code 1)" in outcome["why"], outcome["why"]
+    assert env_value(deployed, "APP_PORT") == port
+    assert deployed.stack.get_json("app", "/health")[0] == 200
+
+
 def test_a_release_slower_than_the_latency_limit_is_rolled_back(deployed):
     checks = ansible_run.stack_health_checks(deployed.stack) + [
         {"name": "api", "url": deployed.stack.url("app", "/api"), "status": [200], "timeout_s": 2}]

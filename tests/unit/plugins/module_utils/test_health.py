@@ -589,6 +589,37 @@ def test_containers_problems():
     assert error == "project 'p' has no containers"
 
 
+def test_not_crashed_fails_only_for_crashed_containers():
+    """What a deploy's watch asks of the containers it recreated: a crash, not readiness."""
+    by_service = {"app": [_container("p-app-1", "app", health="starting"), _container("p-app-2", "app", health="unhealthy")],
+                  "migrate": [_container("p-migrate-1", "migrate", state="exited", exit_code=0)],
+                  "static": [_container("p-static-1", "static", state="created")]}
+    assert _health.evaluate_containers("p", by_service, require="not_crashed")[0] is None
+    crashed = dict(by_service, app=[_container("p-app-1", "app", state="exited", exit_code=1)],
+                   worker=[_container("p-worker-1", "worker", state="restarting", exit_code=2)],
+                   db=[_container("p-db-1", "db", state="dead", exit_code=0)])
+    error = _health.evaluate_containers("p", crashed, require="not_crashed")[0]
+    assert error == "p-app-1 is exited (exit code 1); p-db-1 is dead (exit code 0); p-worker-1 is restarting"
+    error = _health.evaluate_containers("p", crashed, services=["static", "cache"], require="not_crashed")[0]
+    assert error == "service cache has no containers"
+
+
+def test_a_crash_counts_at_once_while_the_other_checks_wait_for_the_start():
+    """Within startup_s a refused connection is a start, unless a recreated container crashed:
+    the watch fails after consecutive_failures rounds, not after startup_s."""
+    fake = FakeTime([False], round_s=0.0)
+    web, containers = one_check(name="web", port=1), one_check(name="new-containers", port=2)
+
+    def run_round():
+        return [_health.CheckResult(web, ok=False, error="connection refused"),
+                _health.CheckResult(containers, ok=False, error="p-app-1 is exited (exit code 1)")]
+
+    outcome = _health.poll(run_round, PollSettings(watch_s=5.0, interval_s=0.5, consecutive_failures=3, startup_s=60.0),
+                           clock=fake.clock, sleep=fake.sleep)
+    assert not outcome.healthy and outcome.stop_reason == "failures"
+    assert outcome.rounds == 3 and outcome.starting_rounds == 0 and outcome.elapsed_s == pytest.approx(1.0)
+
+
 def test_only_starting_when_every_container_runs_and_some_healthcheck_has_not_passed_yet():
     starting = {"app": [_container("p-app-1", "app", health="starting")], "static": [_container("p-static-1", "static")]}
     assert _health.only_starting(starting)
