@@ -69,6 +69,8 @@ def test_a_healthy_release_is_promoted_to_last_known_good(deployed):
     outcome = run.outcome()
     assert outcome["result"] == "success" and outcome["verdict"] == "healthy"
     assert outcome["promoted"] and last_known_good(deployed) == outcome["promoted"]
+    # The deploy's own outcome: nothing left from the snapshots it took (set_stats merges).
+    assert not {"snapshot_dir", "pruned", "last_known_good"} & set(outcome), outcome
     assert env_value(deployed, "APP_EXTRA_LATENCY_MS") == "1"
     assert deployed.stack.container_id("app") != app_before, "the changed service was not recreated"
     assert deployed.stack.container_id("static") == static_before, "an unchanged service was recreated"
@@ -83,6 +85,7 @@ def test_a_broken_release_is_rolled_back_and_the_run_fails_saying_why(deployed):
     outcome = run.outcome()
     assert outcome["result"] == "rolled_back" and outcome["verdict"] == "failed"
     assert "failed its watch" in outcome["why"]
+    assert outcome["rollback_tiers"] and not {"tier_requested", "escalations", "snapshot_dir"} & set(outcome), outcome
     assert "rolled back" in run.failure_msg() and "failed its watch" in run.failure_msg()
     assert deployed.stack.image_id("app") == deployed.v1_id
     assert env_value(deployed, "APP_IMAGE") == deployed.stack.app_image

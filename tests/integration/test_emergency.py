@@ -206,6 +206,8 @@ def test_recover_passes_over_a_damaged_snapshot_and_restores_the_previous_one(em
     outcome = run.outcome()
     assert outcome["result"] == "success" and outcome["healthy"] is True
     assert outcome["snapshot_id"] == older
+    # The recovery's own outcome, nothing left from the rollback it ran (set_stats merges).
+    assert outcome["tier"] == "emergency-recover" and "tier_requested" not in outcome, outcome
     skipped = {s["id"]: s["reason"] for s in outcome["skipped"]}
     assert newest in skipped and damaged in skipped[newest]
     window = outcome["data_loss"]
