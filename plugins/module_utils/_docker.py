@@ -150,12 +150,12 @@ def container_problem(summary):
 
 
 def crash_problem(summary):
-    """None unless the container crashed; else how: exited or dead with a non-zero exit code, or
-    `restarting` (its restart policy bringing a crashed process back). A container still starting,
-    unhealthy or stopped with exit code 0 (a one-shot job that finished) has not crashed."""
-    if summary["state"] == "restarting":
-        return "restarting"
-    if summary["state"] == "dead" or (summary["state"] == "exited" and summary["exit_code"] not in (0, None)):
+    """None unless the container crashed; else how: exited, dead or `restarting` (its restart
+    policy bringing the process back) after a non-zero exit code, or dead. A container still
+    starting, unhealthy, or whose process ended with exit code 0 (a one-shot job that finished,
+    also under `restart: always`) has not crashed."""
+    crashed = summary["exit_code"] not in (0, None)
+    if summary["state"] == "dead" or (summary["state"] in ("exited", "restarting") and crashed):
         return "%s (exit code %s)" % (summary["state"], summary["exit_code"])
     return None
 

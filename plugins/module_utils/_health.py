@@ -172,13 +172,16 @@ class CheckResult:
         self.reason = _clip(reason) if reason else self.error
         # Container checks: failed only because healthchecks are still `starting` (see pause()).
         self.settling = False
+        # not_crashed container checks: failed only by containers their restart policy brings back.
+        self.restarting = False
 
     @property
     def not_up(self):
         """Failed because the service does not answer yet (nothing listens, its healthcheck is
-        still starting), not because it answered wrong. Behind a published port, docker's proxy
+        still starting, its restart policy is bringing a crashed process back: it may crash only
+        until what it needs is up), not because it answered wrong. Behind a published port, docker's proxy
         accepts the connection and closes it (or resets it) without an answer instead."""
-        return bool(self.failed) and (self.settling or self.error in NOT_UP_ERRORS)
+        return bool(self.failed) and (self.settling or self.restarting or self.error in NOT_UP_ERRORS)
 
     @property
     def failed(self):
@@ -398,8 +401,12 @@ class ContainerCheck(Check):
         latency_ms = (time.monotonic() - started) * 1000.0
         error, containers = evaluate_containers(self.project, by_service, self.services, self.require)
         result = CheckResult(self, ok=error is None, latency_ms=latency_ms, error=error, containers=containers)
-        # A crash is never a start: it counts at once, also within a watch's startup allowance.
-        result.settling = error is not None and self.require == "ready" and only_starting(by_service, self.services)
+        if error is not None and self.require == "ready":
+            result.settling = only_starting(by_service, self.services)
+        elif error is not None:
+            # A crash that nothing brings back counts at once, also within a watch's startup allowance;
+            # one its restart policy brings back is a start until the allowance has passed.
+            result.restarting = only_restarting(by_service, self.services)
         return result
 
     def still_starting(self):
@@ -423,11 +430,12 @@ def evaluate_containers(project, by_service, services=None, require="ready"):
     wanted = list(services) if services else sorted(by_service)
     problems = []
     containers = []
-    if not wanted:
+    if not wanted and require == "ready":
         return "project %r has no containers" % project, containers
     for service in wanted:
         found = by_service.get(service) or []
-        if not found:
+        if not found and require == "ready":
+            # not_crashed: a service without containers (scaled to 0, a builder) crashed nothing.
             problems.append("service %s has no containers" % service)
         for container in found:
             containers.append(dict(service=service, name=container["name"],
@@ -436,6 +444,14 @@ def evaluate_containers(project, by_service, services=None, require="ready"):
             if problem:
                 problems.append("%s is %s" % (container["name"], problem))
     return ("; ".join(problems) if problems else None), containers
+
+
+def only_restarting(by_service, services=None):
+    """True when every crashed container among the services' is `restarting`: its restart policy
+    brings it back."""
+    wanted = list(services) if services else sorted(by_service)
+    crashed = [c for service in wanted for c in by_service.get(service) or [] if _docker.crash_problem(c)]
+    return bool(crashed) and all(c["state"] == "restarting" for c in crashed)
 
 
 def only_starting(by_service, services=None):

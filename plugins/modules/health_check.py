@@ -55,7 +55,8 @@ options:
             O(checks[].max_latency_ms), where given).
           - V(tcp) passes when a TCP connection to O(checks[].host):O(checks[].port) is accepted.
           - V(container) passes when every container of O(checks[].services) of the compose project runs
-            and, if the container has a Docker healthcheck, is C(healthy).
+            and, if the container has a Docker healthcheck, is C(healthy); with O(checks[].require=not_crashed),
+            when none of them crashed.
           - V(postgres) passes when a connection to the PostgreSQL server succeeds and C(SELECT 1)
             returns 1.
           - V(prometheus) runs O(checks[].query) as an instant query against the Prometheus HTTP API
@@ -147,7 +148,7 @@ options:
       services:
         description:
           - V(container) only. The services whose containers must run (and be healthy).
-          - A listed service without any container fails the check.
+          - A listed service without any container fails the check (not with O(checks[].require=not_crashed)).
           - Defaults to every service of the project that has containers; a project without any
             container fails the check.
         type: list
@@ -158,10 +159,12 @@ options:
           - V(ready) - running and, if it has a Docker healthcheck, C(healthy). A healthcheck still
             C(starting) is a service not up yet (see O(startup_s)).
           - V(not_crashed) - not crashed. The check fails only for a container that exited with a non-zero
-            code, is C(dead), or is C(restarting) (its restart policy bringing a crashed process back).
-            A container still starting, unhealthy, or stopped with code 0 (a one-shot job that finished)
-            passes. A crash counts at once, also within O(startup_s). Meant for a watch of the services a
-            deploy just recreated, alongside the checks that say whether they answer right.
+            code, is C(dead), or is C(restarting) after a non-zero exit code. A container still starting,
+            unhealthy, or whose process ended with code 0 (a one-shot job that finished), and a service
+            without containers, pass. A crash that nothing brings back counts at once, also within
+            O(startup_s); a container its restart policy brings back (C(restarting)) may crash only until
+            what it needs is up, so within O(startup_s) it is a service not up yet. Meant for a watch of the
+            services a deploy just recreated, alongside the checks that say whether they answer right.
         type: str
         choices: [ready, not_crashed]
       user:

@@ -593,15 +593,28 @@ def test_not_crashed_fails_only_for_crashed_containers():
     """What a deploy's watch asks of the containers it recreated: a crash, not readiness."""
     by_service = {"app": [_container("p-app-1", "app", health="starting"), _container("p-app-2", "app", health="unhealthy")],
                   "migrate": [_container("p-migrate-1", "migrate", state="exited", exit_code=0)],
+                  "cron": [_container("p-cron-1", "cron", state="restarting", exit_code=0)],  # restart: always
                   "static": [_container("p-static-1", "static", state="created")]}
     assert _health.evaluate_containers("p", by_service, require="not_crashed")[0] is None
+    # A service scaled to 0 (or a builder without containers) crashed nothing.
+    assert _health.evaluate_containers("p", by_service, services=["app", "builder"], require="not_crashed")[0] is None
+    assert _health.evaluate_containers("p", {}, require="not_crashed")[0] is None
     crashed = dict(by_service, app=[_container("p-app-1", "app", state="exited", exit_code=1)],
                    worker=[_container("p-worker-1", "worker", state="restarting", exit_code=2)],
                    db=[_container("p-db-1", "db", state="dead", exit_code=0)])
     error = _health.evaluate_containers("p", crashed, require="not_crashed")[0]
-    assert error == "p-app-1 is exited (exit code 1); p-db-1 is dead (exit code 0); p-worker-1 is restarting"
-    error = _health.evaluate_containers("p", crashed, services=["static", "cache"], require="not_crashed")[0]
-    assert error == "service cache has no containers"
+    assert error == "p-app-1 is exited (exit code 1); p-db-1 is dead (exit code 0); p-worker-1 is restarting (exit code 2)"
+    # Restarting: its restart policy brings it back, it may crash only until what it needs is up.
+    assert not _health.only_restarting(crashed) and not _health.only_restarting(by_service)
+    assert _health.only_restarting(crashed, services=["worker", "static"])
+
+
+def test_a_container_its_restart_policy_brings_back_is_a_start():
+    check = one_check(name="new-containers", port=2)
+    result = _health.CheckResult(check, ok=False, error="p-app-1 is restarting (exit code 1)")
+    assert not result.not_up
+    result.restarting = True
+    assert result.not_up
 
 
 def test_a_crash_counts_at_once_while_the_other_checks_wait_for_the_start():
