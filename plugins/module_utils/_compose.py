@@ -9,8 +9,11 @@ import os
 
 from ansible_collections.lastgood.rollback.plugins.module_utils._errors import StepError, fail_step
 
-# The files compose looks for in the project directory when none is named, in its order.
-COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
+# The files compose looks for in the project directory when none is named, in its order: it
+# reads the first one found, then the first override file found on top of it.
+COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
+OVERRIDE_FILES = ("compose.override.yml", "compose.override.yaml", "docker-compose.override.yml",
+                  "docker-compose.override.yaml")
 
 # Options every module that addresses a compose project shares (documented in the
 # lastgood.rollback.project doc fragment).
@@ -117,14 +120,23 @@ class ComposeProject:
         spec = self.services[service]
         return spec.get("image") or "%s-%s" % (self.name, service)
 
-    def compose_files(self):
-        """The compose files in use, relative to the project directory where possible."""
+    def compose_files(self, with_override=True):
+        """The compose files in use, relative to the project directory where possible: those named,
+        or COMPOSE_FILE, or the ones compose finds itself, its default file and the override file
+        it adds on top (left out with `with_override=False`)."""
         if self.files:
             return list(self.files)
         env_files = self.config_files_from_env()
         if env_files:
             return env_files
-        for candidate in COMPOSE_FILES:
+        base = self.first_file(COMPOSE_FILES)
+        if not base or not with_override:
+            return base
+        return base + self.first_file(OVERRIDE_FILES)
+
+    def first_file(self, candidates):
+        """[the first of `candidates` present in the project directory], or []."""
+        for candidate in candidates:
             if os.path.isfile(os.path.join(self.project_dir, candidate)):
                 return [candidate]
         return []
@@ -139,11 +151,12 @@ class ComposeProject:
         separator = os.environ.get("COMPOSE_PATH_SEPARATOR", os.pathsep)
         return [part for part in value.split(separator) if part]
 
-    def host_files(self):
+    def host_files(self, with_override=True):
         """What configures this project on the host, relative to the project directory: its compose
         files, the .env and the services' env_file entries (these only when compose can read the
-        project) - the files a snapshot records and the config tier puts back."""
-        found = set(self.compose_files()) | {".env"}
+        project) - the files a snapshot records and the config tier puts back. `with_override`
+        as for compose_files."""
+        found = set(self.compose_files(with_override)) | {".env"}
         if self.module.get_bin_path("docker"):
             try:
                 found.update(self.env_files())

@@ -19,7 +19,8 @@ description:
     C(.env), the services' C(env_file) entries, the files a snapshot records (RV(kept)). A code rollback moves code,
     not the host's settings; stashed, they would leave with the code and the stack would start without them. Only
     when the target itself tracks such a file does the host's copy go into the stash, the target's taking its
-    place. Any other untracked file, an override file compose would add by itself too, goes into the stash.
+    place. Any other untracked file goes into the stash, an override file compose would add by itself too (such as
+    C(compose.override.yaml)); a snapshot records that one, and the config tier puts the recorded one back.
   - O(mode=checkout) on a branch resets the branch to the target (C(git reset --hard), only once the backup ref and
     the stash exist); on a detached HEAD it checks the target out detached. O(mode=revert) adds revert commits for
     every commit on top of the target (C(git revert --no-edit <target>..HEAD)), keeping the history; it needs a branch
@@ -362,7 +363,9 @@ def host_paths(repo, project):
     work tree's top level: what stays in place, untracked, while the code moves."""
     top = os.path.realpath(repo.toplevel)
     paths = []
-    for name in project.host_files():
+    # Not an override file compose adds by itself: the move does not vouch for one someone dropped
+    # on the host (after a breach it must not stay); the config tier puts back the one a snapshot recorded.
+    for name in project.host_files(with_override=False):
         # The directory resolved, not the file: git reports a symlinked .env as the link.
         full = os.path.join(project.project_dir, name)
         path = os.path.relpath(os.path.join(os.path.realpath(os.path.dirname(full)), os.path.basename(full)), top)

@@ -45,7 +45,8 @@ options:
   config_files:
     description:
       - Extra configuration files to record, as glob patterns relative to O(project_dir) (C(**) recurses).
-      - The compose files, C(.env) and every C(env_file) of the services are always recorded.
+      - The compose files (with none named, the one compose finds and the override file it adds, such as C(compose.override.yaml)),
+        C(.env) and every C(env_file) of the services are always recorded.
       - A pattern that resolves outside O(project_dir) is refused.
     type: list
     elements: str

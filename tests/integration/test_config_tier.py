@@ -216,6 +216,37 @@ def test_role_for_an_orchestrator_sets_the_result_fact(scenario, tmp_path):
     assert "lastgood_outcome" not in run.global_custom_stats
 
 
+def test_an_override_file_compose_adds_is_recorded_and_put_back(config_stacks, docker_client, tmp_path):
+    """compose reads compose.override.yaml by itself: a snapshot records it as one of the compose
+    files, and when a bad one moves the app's port, the config tier puts the recorded one back."""
+    stack = config_stacks(up=False)
+    override = stack.dir / "compose.override.yaml"
+    good = "services:\n  app:\n    labels:\n      lastgood.test.release: good\n"
+    override.write_text(good)
+    stack.up()
+    scenario = Scenario(stack, docker_client, tmp_path)
+    try:
+        snapshot = scenario.step("snapshot", "snapshot")
+        assert snapshot.rc == 0, snapshot.describe()
+        snapshot_id = snapshot.outcome()["snapshot_id"]
+        manifest = json.loads((scenario.backup_root / stack.project / snapshot_id / "manifest.json").read_text())
+        assert manifest["project"]["compose_files"] == ["compose.yaml", "compose.override.yaml"]
+        assert "compose.override.yaml" in manifest["files"]
+
+        override.write_text("services:\n  app:\n    environment:\n      APP_PORT: '%d'\n" % stacks.free_port())
+        stack.compose("up", "-d")
+        assert not _answers(stack), "the app still answers on its old port"
+        run = scenario.step("rollback", "rollback_config")
+        assert run.rc == 0, run.describe()
+        assert override.read_text() == good
+        assert restore_result(run)["services_recreated"] == ["app"]
+        assert run.outcome()["files_restored"] == ["compose.override.yaml"]
+        assert stack.get("app", "/health")[0] == 200
+        assert stack.health("app") == "healthy"
+    finally:
+        ansible_run.remove_snapshot_pins(docker_client, scenario.backup_root)
+
+
 # -- faults: refused with one line, nothing changed ---------------------------------------------
 
 def break_env(scenario):

@@ -258,8 +258,8 @@ def test_a_symlinked_env_file_is_kept_as_the_link_git_reports(work):
     class Project:
         project_dir = str(directory)
 
-        def host_files(self):
-            return [".env", "compose.yaml"]
+        def host_files(self, with_override=True):
+            return [".env", "compose.yaml"] + (["compose.override.yaml"] if with_override else [])
 
     assert host_paths(repo_of(directory), Project()) == [".env", "compose.yaml"]
 
