@@ -16,11 +16,12 @@ description:
     (O(backup_ref_id)) and uncommitted and untracked changes go into a stash named C(lastgood before-<id>)
     (C(git stash push --include-untracked)), which stays in the stash list. Ignored files are left alone.
   - The project's own configuration on the host stays in place when git does not track it - its compose files, the
-    C(.env), the services' C(env_file) entries, the files a snapshot records (RV(kept)). A code rollback moves code,
+    C(.env), the services' C(env_file) entries (RV(kept)). A code rollback moves code,
     not the host's settings; stashed, they would leave with the code and the stack would start without them. Only
     when the target itself tracks such a file does the host's copy go into the stash, the target's taking its
     place. Any other untracked file goes into the stash, an override file compose would add by itself too (such as
-    C(compose.override.yaml)); a snapshot records that one, and the config tier puts the recorded one back.
+    C(compose.override.yaml)) - the move does not vouch for one someone dropped on the host. A snapshot records the
+    override the stack had; a config or full rollback puts that one back, a code rollback alone leaves it stashed.
   - O(mode=checkout) on a branch resets the branch to the target (C(git reset --hard), only once the backup ref and
     the stash exist); on a detached HEAD it checks the target out detached. O(mode=revert) adds revert commits for
     every commit on top of the target (C(git revert --no-edit <target>..HEAD)), keeping the history; it needs a branch

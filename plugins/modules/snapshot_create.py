@@ -46,7 +46,8 @@ options:
     description:
       - Extra configuration files to record, as glob patterns relative to O(project_dir) (C(**) recurses).
       - The compose files (with none named, the one compose finds and the override file it adds, such as C(compose.override.yaml)),
-        C(.env) and every C(env_file) of the services are always recorded.
+        C(.env) and every C(env_file) of the services are always recorded, a link by the file it links to.
+        Such an override file linking outside O(project_dir) is not recorded (a warning says so); restores use it as it is.
       - A pattern that resolves outside O(project_dir) is refused.
     type: list
     elements: str
@@ -315,24 +316,47 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._state import li
 PIN_TAG_PREFIX = "lastgood-"
 
 
-def recorded_files(project, patterns):
+def resolved(base, rel):
+    """The path inside `base` (resolved) that `rel` resolves to, links followed; None when outside."""
+    real = os.path.realpath(os.path.join(base, rel))
+    return os.path.relpath(real, base) if os.path.commonpath([base, real]) == base else None
+
+
+def discovered_override(project):
+    """The override file compose adds by itself to this project ([name] or [])."""
+    return project.compose_files()[len(project.compose_files(with_override=False)):]
+
+
+def recorded_files(module, project, patterns):
     """Relative paths of the files a snapshot records, all inside the project directory."""
     base = os.path.realpath(project.project_dir)
-    wanted = set(project.host_files())  # compose files, .env, env_file entries: what git_revert keeps
+    wanted = set(project.host_files())  # compose files, .env, env_file entries
     for pattern in patterns:
         if os.path.isabs(pattern):
             raise ManifestError("config file pattern %r must be relative to the project directory" % pattern)
         for match in glob.glob(os.path.join(base, pattern), recursive=True):
             if os.path.isfile(match):
                 wanted.add(os.path.relpath(match, base))
+    override = discovered_override(project)
     files = []
     for rel in sorted(wanted):
-        real = os.path.realpath(os.path.join(base, rel))
-        if os.path.commonpath([base, real]) != base:
+        inside = resolved(base, rel)
+        if inside is None and rel in override:
+            # Host configuration kept elsewhere, which compose reads all the same: restores use it as it is.
+            module.warn("%s links outside the project directory: compose reads it, the snapshot does not record it"
+                        % rel)
+        elif inside is None:
             raise ManifestError("config file %s resolves outside the project directory" % rel)
-        if os.path.isfile(real):
-            files.append(os.path.relpath(real, base))
+        elif os.path.isfile(os.path.join(base, inside)):
+            files.append(inside)
     return files
+
+
+def recorded_compose_files(project):
+    """The compose files in use, each by the path recorded for it in the snapshot's files (a link by
+    what it links to), so that a restore validates and starts the restored content."""
+    base = os.path.realpath(project.project_dir)
+    return [resolved(base, rel) or rel for rel in project.compose_files()]
 
 
 def copy_files(project_dir, files, staging):
@@ -421,7 +445,7 @@ def main():
                 raise ManifestError("snapshot %s already exists in %s" % (snapshot_id, root))
         else:
             snapshot_id = new_snapshot_id(root, moment)
-        files = recorded_files(project, params["config_files"])
+        files = recorded_files(module, project, params["config_files"])
     except ManifestError as exc:
         module.fail_json(msg=str(exc))
 
@@ -443,7 +467,7 @@ def main():
         "project": {
             "name": project.name,
             "dir": project.project_dir,
-            "compose_files": project.compose_files(),
+            "compose_files": recorded_compose_files(project),
         },
         "services": services,
         "git": git_state(module, project.project_dir),

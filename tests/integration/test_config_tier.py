@@ -216,11 +216,18 @@ def test_role_for_an_orchestrator_sets_the_result_fact(scenario, tmp_path):
     assert "lastgood_outcome" not in run.global_custom_stats
 
 
-def test_an_override_file_compose_adds_is_recorded_and_put_back(config_stacks, docker_client, tmp_path):
+@pytest.mark.parametrize("linked", [False, True], ids=["file", "link"])
+def test_an_override_file_compose_adds_is_recorded_and_put_back(config_stacks, docker_client, tmp_path, linked):
     """compose reads compose.override.yaml by itself: a snapshot records it as one of the compose
-    files, and when a bad one moves the app's port, the config tier puts the recorded one back."""
+    files (a link by the file it links to), and when a bad one moves the app's port, the config
+    tier validates and puts the recorded one back."""
     stack = config_stacks(up=False)
     override = stack.dir / "compose.override.yaml"
+    recorded = "compose.override.yaml"
+    if linked:
+        recorded = "envs/override.yaml"
+        (stack.dir / "envs").mkdir()
+        override.symlink_to(recorded)
     good = "services:\n  app:\n    labels:\n      lastgood.test.release: good\n"
     override.write_text(good)
     stack.up()
@@ -230,18 +237,52 @@ def test_an_override_file_compose_adds_is_recorded_and_put_back(config_stacks, d
         assert snapshot.rc == 0, snapshot.describe()
         snapshot_id = snapshot.outcome()["snapshot_id"]
         manifest = json.loads((scenario.backup_root / stack.project / snapshot_id / "manifest.json").read_text())
-        assert manifest["project"]["compose_files"] == ["compose.yaml", "compose.override.yaml"]
-        assert "compose.override.yaml" in manifest["files"]
+        assert manifest["project"]["compose_files"] == ["compose.yaml", recorded]
+        assert recorded in manifest["files"]
 
         override.write_text("services:\n  app:\n    environment:\n      APP_PORT: '%d'\n" % stacks.free_port())
         stack.compose("up", "-d")
         assert not _answers(stack), "the app still answers on its old port"
         run = scenario.step("rollback", "rollback_config")
         assert run.rc == 0, run.describe()
-        assert override.read_text() == good
+        assert override.read_text() == good and override.is_symlink() is linked
         assert restore_result(run)["services_recreated"] == ["app"]
-        assert run.outcome()["files_restored"] == ["compose.override.yaml"]
+        assert run.outcome()["files_restored"] == [recorded]
         assert stack.get("app", "/health")[0] == 200
+        assert stack.health("app") == "healthy"
+    finally:
+        ansible_run.remove_snapshot_pins(docker_client, scenario.backup_root)
+
+
+def test_an_override_linking_outside_the_project_is_used_not_recorded(config_stacks, docker_client, tmp_path):
+    """Host configuration kept elsewhere: the snapshot says it does not record it, and a restore
+    validates and starts the stack with it as it is."""
+    stack = config_stacks(up=False)
+    outside = tmp_path / "host-override.yaml"
+    outside.write_text("services:\n  app:\n    labels:\n      lastgood.test.release: host\n")
+    (stack.dir / "compose.override.yaml").symlink_to(outside)
+    stack.up()
+    (tmp_path / "work").mkdir()
+    scenario = Scenario(stack, docker_client, tmp_path / "work")
+    try:
+        snapshot = scenario.step("snapshot", "snapshot")
+        assert snapshot.rc == 0, snapshot.describe()
+        [created] = snapshot.results_of_module("lastgood.rollback.snapshot_create")
+        assert any("compose.override.yaml links outside the project directory" in warning
+                   for warning in created.get("warnings", [])), created.get("warnings")
+        snapshot_id = snapshot.outcome()["snapshot_id"]
+        manifest = json.loads((scenario.backup_root / stack.project / snapshot_id / "manifest.json").read_text())
+        assert manifest["project"]["compose_files"] == ["compose.yaml", "compose.override.yaml"]
+        assert "compose.override.yaml" not in manifest["files"]
+
+        before = stack.container("app").id
+        stack.set_env(APP_EXTRA_LATENCY_MS=5)
+        stack.compose("up", "-d", "--wait", "--wait-timeout", "60")
+        run = scenario.step("rollback", "rollback_config")
+        assert run.rc == 0, run.describe()
+        assert run.outcome()["files_restored"] == [".env"]
+        app = stack.container("app")
+        assert app.id != before and app.labels["lastgood.test.release"] == "host"
         assert stack.health("app") == "healthy"
     finally:
         ansible_run.remove_snapshot_pins(docker_client, scenario.backup_root)
