@@ -18,7 +18,8 @@ options:
     description:
       - Compose files, relative to O(project_dir).
       - When omitted, the files C(docker compose) itself picks are used
-        (C(COMPOSE_FILE) from the environment or C(.env), else C(compose.yaml) and its variants).
+        (C(COMPOSE_FILE) from the environment or C(.env), else C(compose.yaml) and its variants, with the
+        override file compose adds by itself, C(compose.override.yaml) and its variants).
     type: list
     elements: str
   project_name:

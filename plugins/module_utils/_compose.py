@@ -175,6 +175,13 @@ class ComposeProject:
         return sorted(set(found))
 
 
+def resolve_inside(base, rel):
+    """The path inside `base` (a resolved directory) that `rel` resolves to, links followed; None when
+    it resolves outside."""
+    real = os.path.realpath(os.path.join(base, rel))
+    return os.path.relpath(real, base) if os.path.commonpath([base, real]) == base else None
+
+
 def relative_to(base, path):
     path = os.path.join(base, path)
     rel = os.path.relpath(path, base)

@@ -20,7 +20,7 @@ import shutil
 import stat
 import tempfile
 
-from ansible_collections.lastgood.rollback.plugins.module_utils._compose import read_env_file
+from ansible_collections.lastgood.rollback.plugins.module_utils._compose import read_env_file, resolve_inside
 from ansible_collections.lastgood.rollback.plugins.module_utils._errors import StepError
 from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import (
     FILES_DIR,
@@ -405,8 +405,7 @@ class ConfigRestore:
         self.snapshot_id = snapshot_id
         self.snapshot_dir = snapshot_dir
         self.manifest = manifest
-        recorded_project = manifest.get("project") or {}
-        self.compose_files = list(compose_files or recorded_project.get("compose_files") or [])
+        self.compose_files = self.files_to_use(compose_files)
         self.docker = module.get_bin_path("docker", required=True)
         self.staging = None
         self.selected = {}
@@ -414,6 +413,23 @@ class ConfigRestore:
         self.staged_config = {}
         self.staged_hashes = {}
         self.actions = []
+
+    def files_to_use(self, named):
+        """The compose files to validate and start with, each by the path its content is recorded
+        under (a link by what it links to): those named, else the snapshot's. Of the snapshot's, an
+        override file neither recorded (it linked outside the project) nor on the host now is left
+        out, as compose itself would leave it out."""
+        if named:
+            return [resolve_inside(self.project_dir, name) or name for name in named]
+        recorded = self.manifest.get("files") or {}
+        files = []
+        for name in (self.manifest.get("project") or {}).get("compose_files") or []:
+            if name in recorded or os.path.isfile(os.path.join(self.project_dir, name)):
+                files.append(name)
+            else:
+                self.module.warn("compose file %s is neither recorded in snapshot %s nor on the host: left out, as"
+                                 " compose would leave it out" % (name, self.snapshot_id))
+        return files
 
     # -- planning ----------------------------------------------------------------------------
     def prepare(self, patterns):

@@ -52,6 +52,9 @@ options:
   files:
     description:
       - Compose files, relative to O(project_dir). Default those the snapshot recorded.
+      - A compose file that is a link is used by the file it links to, whose content the snapshot records.
+      - Of the snapshot's, an override file it did not record (it linked outside O(project_dir)) and that is no longer
+        on the host is left out with a warning, as C(docker compose) would leave it out.
   snapshot_id:
     description:
       - Snapshot whose files to restore. Defaults to the last-known-good snapshot.

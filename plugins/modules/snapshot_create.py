@@ -274,6 +274,7 @@ from ansible.module_utils.basic import AnsibleModule, env_fallback
 from ansible_collections.lastgood.rollback.plugins.module_utils._compose import (
     PROJECT_ARGUMENT_SPEC,
     load_project,
+    resolve_inside,
 )
 from ansible_collections.lastgood.rollback.plugins.module_utils._docker import (
     APIError,
@@ -316,12 +317,6 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._state import li
 PIN_TAG_PREFIX = "lastgood-"
 
 
-def resolved(base, rel):
-    """The path inside `base` (resolved) that `rel` resolves to, links followed; None when outside."""
-    real = os.path.realpath(os.path.join(base, rel))
-    return os.path.relpath(real, base) if os.path.commonpath([base, real]) == base else None
-
-
 def discovered_override(project):
     """The override file compose adds by itself to this project ([name] or [])."""
     return project.compose_files()[len(project.compose_files(with_override=False)):]
@@ -340,7 +335,7 @@ def recorded_files(module, project, patterns):
     override = discovered_override(project)
     files = []
     for rel in sorted(wanted):
-        inside = resolved(base, rel)
+        inside = resolve_inside(base, rel)
         if inside is None and rel in override:
             # Host configuration kept elsewhere, which compose reads all the same: restores use it as it is.
             module.warn("%s links outside the project directory: compose reads it, the snapshot does not record it"
@@ -356,7 +351,7 @@ def recorded_compose_files(project):
     """The compose files in use, each by the path recorded for it in the snapshot's files (a link by
     what it links to), so that a restore validates and starts the restored content."""
     base = os.path.realpath(project.project_dir)
-    return [resolved(base, rel) or rel for rel in project.compose_files()]
+    return [resolve_inside(base, rel) or rel for rel in project.compose_files()]
 
 
 def copy_files(project_dir, files, staging):

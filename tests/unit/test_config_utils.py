@@ -190,3 +190,40 @@ def test_the_project_is_found_by_its_directory_when_compose_cannot_say(tmp_path)
     set_last_known_good(str(root), "s1")
     assert _config.project_name_from_snapshots(str(tmp_path / "backups"), str(tmp_path / "shop")) == "shop"
     assert _config.project_name_from_snapshots(str(tmp_path / "backups"), str(tmp_path / "other")) is None
+
+
+class WarningModule:
+    def __init__(self):
+        self.warnings = []
+
+    @staticmethod
+    def get_bin_path(name, required=False):
+        return "/usr/bin/" + name
+
+    def warn(self, message):
+        self.warnings.append(message)
+
+
+def files_to_use(tmp_path, named, compose_files):
+    module = WarningModule()
+    manifest = dict(MANIFEST, project={"compose_files": compose_files})
+    restore = _config.ConfigRestore(module, None, str(tmp_path), named, "p", MANIFEST["id"], str(tmp_path), manifest)
+    return restore.compose_files, module.warnings
+
+
+def test_compose_files_are_used_by_the_path_their_content_is_recorded_under(tmp_path):
+    (tmp_path / "compose.yaml").write_text("services: {}\n")
+    (tmp_path / "prod.yaml").symlink_to("compose.yaml")
+    base = os.path.realpath(tmp_path)
+    assert files_to_use(tmp_path, ["prod.yaml", os.path.join(base, "compose.yaml")], []) == (
+        ["compose.yaml", "compose.yaml"], [])
+
+
+def test_an_override_neither_recorded_nor_on_the_host_is_left_out_as_compose_would(tmp_path):
+    used, warnings = files_to_use(tmp_path, None, ["compose.yaml", "compose.override.yaml"])
+    assert used == ["compose.yaml"]
+    assert warnings == ["compose file compose.override.yaml is neither recorded in snapshot %s nor on the host: left"
+                        " out, as compose would leave it out" % MANIFEST["id"]]
+    (tmp_path / "compose.override.yaml").symlink_to("/etc/hostname")
+    assert files_to_use(tmp_path, None, ["compose.yaml", "compose.override.yaml"]) == (
+        ["compose.yaml", "compose.override.yaml"], [])
