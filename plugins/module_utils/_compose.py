@@ -182,6 +182,12 @@ def resolve_inside(base, rel):
     return os.path.relpath(real, base) if os.path.commonpath([base, real]) == base else None
 
 
+def recorded_paths(base, names):
+    """Compose files by the path a snapshot records their content under: inside `base` (a resolved
+    directory), links followed; as given when they resolve outside."""
+    return [resolve_inside(base, name) or name for name in names]
+
+
 def relative_to(base, path):
     path = os.path.join(base, path)
     rel = os.path.relpath(path, base)

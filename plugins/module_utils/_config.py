@@ -20,7 +20,7 @@ import shutil
 import stat
 import tempfile
 
-from ansible_collections.lastgood.rollback.plugins.module_utils._compose import read_env_file, resolve_inside
+from ansible_collections.lastgood.rollback.plugins.module_utils._compose import read_env_file, recorded_paths
 from ansible_collections.lastgood.rollback.plugins.module_utils._errors import StepError
 from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import (
     FILES_DIR,
@@ -420,7 +420,7 @@ class ConfigRestore:
         override file neither recorded (it linked outside the project) nor on the host now is left
         out, as compose itself would leave it out."""
         if named:
-            return [resolve_inside(self.project_dir, name) or name for name in named]
+            return recorded_paths(self.project_dir, named)
         recorded = self.manifest.get("files") or {}
         files = []
         for name in (self.manifest.get("project") or {}).get("compose_files") or []:

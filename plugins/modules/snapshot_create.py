@@ -274,6 +274,7 @@ from ansible.module_utils.basic import AnsibleModule, env_fallback
 from ansible_collections.lastgood.rollback.plugins.module_utils._compose import (
     PROJECT_ARGUMENT_SPEC,
     load_project,
+    recorded_paths,
     resolve_inside,
 )
 from ansible_collections.lastgood.rollback.plugins.module_utils._docker import (
@@ -345,13 +346,6 @@ def recorded_files(module, project, patterns):
         elif os.path.isfile(os.path.join(base, inside)):
             files.append(inside)
     return files
-
-
-def recorded_compose_files(project):
-    """The compose files in use, each by the path recorded for it in the snapshot's files (a link by
-    what it links to), so that a restore validates and starts the restored content."""
-    base = os.path.realpath(project.project_dir)
-    return [resolve_inside(base, rel) or rel for rel in project.compose_files()]
 
 
 def copy_files(project_dir, files, staging):
@@ -462,7 +456,8 @@ def main():
         "project": {
             "name": project.name,
             "dir": project.project_dir,
-            "compose_files": recorded_compose_files(project),
+            # By the path their content is recorded under, so that a restore validates and starts that content.
+            "compose_files": recorded_paths(os.path.realpath(project.project_dir), project.compose_files()),
         },
         "services": services,
         "git": git_state(module, project.project_dir),
