@@ -20,7 +20,10 @@ import shutil
 import sys
 import time
 
-from common import Stack, docker_client, median, playbook, temp_dir, write_inventory
+from common import (
+    Stack, docker_client, median, playbook, remove_rolled_back_tags, rolled_back_tags, temp_dir,
+    write_inventory,
+)
 from prober import Prober
 from ansible_run import remove_snapshot_pins  # tests/integration, on the path through common
 
@@ -38,6 +41,7 @@ def epoch(iso):
 def main():
     work = temp_dir("lastgood-bench-deploy-")
     client = docker_client()
+    tags_before = rolled_back_tags(client)
     stack = Stack.create(work, client)
     bound = INTERVAL_S * THRESHOLD + 1
     try:
@@ -80,6 +84,7 @@ def main():
         return 0 if worst <= bound else 1
     finally:
         stack.destroy()
+        remove_rolled_back_tags(client, tags_before)
         remove_snapshot_pins(client, work / "backups")
         shutil.rmtree(work, ignore_errors=True)
 

@@ -11,7 +11,10 @@ import os
 import shutil
 import sys
 
-from common import REPO, Stack, docker_client, median, playbook, temp_dir, write_inventory
+from common import (
+    REPO, Stack, docker_client, median, playbook, remove_rolled_back_tags, rolled_back_tags, temp_dir,
+    write_inventory,
+)
 
 sys.path.insert(0, str(REPO / "bench"))
 from bench_rollback_images import deploy  # noqa: E402  (same breakage as the tier 2 bench)
@@ -22,6 +25,7 @@ RUNS = int(os.environ.get("RUNS", "3"))
 def main():
     work = temp_dir("lastgood-bench-auto-")
     client = docker_client()
+    tags_before = rolled_back_tags(client)
     stack = Stack.create(work, client)
     try:
         inventory = write_inventory(work, stack, work / "backups")
@@ -46,6 +50,7 @@ def main():
         return 0 if auto - direct <= 1 else 1
     finally:
         stack.destroy()
+        remove_rolled_back_tags(client, tags_before)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -17,7 +17,10 @@ import time
 import http.client
 import urllib.request
 
-from common import REPO, Stack, docker_client, empty_playbook, floor_summary, playbook, temp_dir, write_inventory
+from common import (
+    REPO, Stack, docker_client, empty_playbook, floor_summary, playbook, remove_rolled_back_tags,
+    rolled_back_tags, temp_dir, write_inventory,
+)
 from prober import Prober
 
 RUNS = int(os.environ.get("RUNS", "3"))
@@ -73,6 +76,7 @@ def floor_seconds(stack: Stack) -> float:
 def main():
     work = temp_dir("lastgood-bench-images-")
     client = docker_client()
+    tags_before = rolled_back_tags(client)
     stack = Stack.create(work, client)
     try:
         inventory = write_inventory(work, stack, work / "backups")
@@ -100,6 +104,7 @@ def main():
         return floor_summary("rollback_images.yml", rounds)
     finally:
         stack.destroy()
+        remove_rolled_back_tags(client, tags_before)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -40,7 +40,9 @@ import subprocess
 import sys
 import time
 
-from common import REPO, Stack, docker_client, empty_playbook, median, temp_dir
+from common import (
+    REPO, Stack, docker_client, empty_playbook, median, remove_rolled_back_tags, rolled_back_tags, temp_dir,
+)
 from bench_rollback_images import deploy
 
 sys.path.insert(0, str(REPO / "tests" / "integration"))
@@ -177,6 +179,7 @@ def main():
     names = list(JOB_TEMPLATES) if PLAYBOOK == "jobs" else [PLAYBOOK]
     work = temp_dir("lastgood-bench-runner-")
     client = docker_client()
+    tags_before = rolled_back_tags(client)
     stack = Stack.create(work, client)
     bench = Bench(work, stack, empty_playbook(work))
     try:
@@ -188,6 +191,7 @@ def main():
             bench.round(names + [EMPTY], runner_first=round_no % 2 == 0)
     finally:
         stack.destroy()
+        remove_rolled_back_tags(client, tags_before)
         remove_snapshot_pins(client, work / "backups")
         shutil.rmtree(work, ignore_errors=True)
 

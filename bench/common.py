@@ -92,3 +92,15 @@ def floor_summary(label, rounds):
 
 __all__ = ["Stack", "docker_client", "write_inventory", "playbook", "empty_playbook", "temp_dir", "median",
            "floor_summary"]
+
+
+def rolled_back_tags(client):
+    """The image tier's rolled-back-* tags on this engine."""
+    return {tag for image in client.images.list() for tag in image.tags if ":rolled-back-" in tag}
+
+
+def remove_rolled_back_tags(client, before):
+    """Untag the rolled-back-* tags a bench's rollbacks added (those not in `before`): the images
+    stay under their own tags, and the engine does not collect a tag per rollback round."""
+    for tag in sorted(rolled_back_tags(client) - before):
+        client.images.remove(tag)
