@@ -134,6 +134,10 @@ class ComposeProject:
             return base
         return base + self.first_file(OVERRIDE_FILES)
 
+    def override_files(self):
+        """The override file compose adds by itself to this project ([name] or [])."""
+        return self.compose_files()[len(self.compose_files(with_override=False)):]
+
     def first_file(self, candidates):
         """[the first of `candidates` present in the project directory], or []."""
         for candidate in candidates:

@@ -17,6 +17,8 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._errors import S
 
 BACKUP_REF_PREFIX = "refs/lastgood/before-"
 AFTER_REF_PREFIX = "refs/lastgood/after-"
+# The content of an untracked file a rollback kept in place (the override file), as a blob.
+KEPT_REF_PREFIX = "refs/lastgood/kept-"
 GOOD_TAG_PREFIX = "lastgood/good-"
 STASH_MESSAGE_PREFIX = "lastgood before-"
 MODES = ("checkout", "revert")
@@ -30,8 +32,11 @@ FALLBACK_IDENTITY = {
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
-def git_state(module, directory):
-    """{commit, branch, dirty, toplevel} of the work tree holding `directory`, or None."""
+def git_state(module, directory, recorded=()):
+    """{commit, branch, dirty, toplevel} of the work tree holding `directory`, or None.
+
+    recorded: paths relative to `directory` kept elsewhere (a snapshot's copies), which do not make
+    the tree dirty while untracked; an edited tracked file does."""
     git = module.get_bin_path("git")
     if git is None:
         return None
@@ -47,11 +52,14 @@ def git_state(module, directory):
     if commit is None:  # a repository without commits has nothing to return to
         return None
     branch = run("symbolic-ref", "--quiet", "--short", "HEAD")
-    status = run("status", "--porcelain", "--untracked-files=normal")
+    rc, status, _err = module.run_command([git, "-C", directory, "status", "--porcelain=v1", "-z", "--untracked-files=all"])
+    top, base = os.path.realpath(toplevel), os.path.realpath(directory)
+    kept = {os.path.relpath(os.path.join(base, rel), top) for rel in recorded}
+    changes = [path for code, path, _source in parse_status_z(status) if code != "??" or path not in kept] if rc == 0 else []
     return {
         "commit": commit,
         "branch": branch or None,
-        "dirty": bool(status),
+        "dirty": bool(changes),
         "toplevel": toplevel,
     }
 
@@ -459,6 +467,22 @@ def apply_restore(repo, plan, check_mode):
         if found:
             repo.run(["stash", "pop", "--index", found[0]], what="stash pop")
     return repo.head(), actions
+
+
+def record_kept(repo, backup_id, path, check_mode):
+    """Record the content of the file at `path` a rollback kept in place (refs/lastgood/kept-<id>, a blob),
+    so that the way back keeps it only while it is unchanged; returns the action."""
+    ref = KEPT_REF_PREFIX + backup_id
+    if not check_mode:
+        blob = repo.run(["hash-object", "-w", "--", path], what="hash-object").strip()
+        repo.run(["update-ref", "-m", "lastgood: kept in place", ref, blob], what="update-ref")
+    return ["record %s (%s, kept in place)" % (ref, os.path.basename(path))]
+
+
+def kept_unchanged(repo, backup_id, path):
+    """Whether the file at `path` has the content the rollback `backup_id` recorded as kept in place."""
+    recorded = repo.value(["rev-parse", "--verify", "--quiet", KEPT_REF_PREFIX + backup_id])
+    return bool(recorded) and repo.value(["hash-object", "--", path]) == recorded
 
 
 def good_tag_name(stamp):

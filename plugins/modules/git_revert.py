@@ -19,9 +19,13 @@ description:
     C(.env), the services' C(env_file) entries (RV(kept)). A code rollback moves code,
     not the host's settings; stashed, they would leave with the code and the stack would start without them. Only
     when the target itself tracks such a file does the host's copy go into the stash, the target's taking its
-    place. Any other untracked file goes into the stash, an override file compose would add by itself too (such as
-    C(compose.override.yaml)) - the move does not vouch for one someone dropped on the host. A snapshot records the
-    override the stack had; a config or full rollback puts that one back, a code rollback alone leaves it stashed.
+    place. Any other untracked file goes into the stash.
+  - An untracked override file compose adds by itself (such as C(compose.override.yaml)) stays in place only when the
+    target's snapshot vouches for it, by listing it among the compose files the stack ran with and recording exactly
+    its content (sha256), or with O(keep_override). The move does not vouch for one someone dropped on the host, or
+    changed since (after a breach it must not stay); that one goes into the stash, a warning says the stack starts
+    without it, and a config or full rollback puts back the one the snapshot recorded. The kept one is recorded as
+    C(refs/lastgood/kept-<id>); O(state=restored) keeps it only while it still has that content.
   - O(mode=checkout) on a branch resets the branch to the target (C(git reset --hard), only once the backup ref and
     the stash exist); on a detached HEAD it checks the target out detached. O(mode=revert) adds revert commits for
     every commit on top of the target (C(git revert --no-edit <target>..HEAD)), keeping the history; it needs a branch
@@ -87,6 +91,13 @@ options:
       - Snapshot whose recorded commit (C(manifest.git.commit)) is the target when O(target) is omitted.
         Defaults to the last-known-good snapshot.
     type: str
+  keep_override:
+    description:
+      - Keep the untracked override file compose adds by itself in place whatever its content - the caller vouches for
+        it, as a deploy does that has just recorded it in its snapshot. Without it, only the target's snapshot can
+        vouch for the override.
+    type: bool
+    default: false
   mode:
     description:
       - V(checkout) puts the branch (or a detached HEAD) at the target; V(revert) adds revert commits, history kept.
@@ -259,13 +270,14 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.lastgood.rollback.plugins.module_utils import _git
-from ansible_collections.lastgood.rollback.plugins.module_utils._compose import ComposeError, ComposeProject
+from ansible_collections.lastgood.rollback.plugins.module_utils._compose import ComposeError, ComposeProject, resolve_inside
 from ansible_collections.lastgood.rollback.plugins.module_utils._errors import fail_step
 from ansible_collections.lastgood.rollback.plugins.module_utils._manifest import (
     BACKUP_ROOT_ARGUMENT_SPEC,
     ManifestError,
     compact_timestamp,
     load_verified_snapshot,
+    sha256_file,
     utc_now,
 )
 from ansible_collections.lastgood.rollback.plugins.module_utils._orchestrate import HOLDER_ARGUMENT_SPEC, lock_for_module
@@ -279,7 +291,7 @@ def diff_text(commit, branch, lines, title):
 
 
 def snapshot_target(module, project, params):
-    """(snapshot id, recorded commit) of the requested snapshot."""
+    """(snapshot id, recorded commit, manifest) of the requested snapshot."""
     try:
         snapshot_id, _directory, manifest = load_verified_snapshot(params["backup_root"], project.name,
                                                                    params["snapshot_id"], check_files=False)
@@ -293,7 +305,31 @@ def snapshot_target(module, project, params):
     if not commit:
         module.fail_json(msg="snapshot %s recorded no git commit (the project was not in a git work tree)" % snapshot_id,
                          snapshot_id=snapshot_id)
-    return snapshot_id, commit
+    return snapshot_id, commit, manifest
+
+
+def vouched_override(project, manifest, trusted):
+    """(name, path inside the project) of the override file compose adds by itself when it stays in
+    place while the code moves, else None: `trusted` (O(keep_override)), or the snapshot recorded
+    exactly its content among the compose files it ran with."""
+    base = os.path.realpath(project.project_dir)
+    for name in project.override_files():
+        inside = resolve_inside(base, name)
+        if trusted:
+            return name, inside or name  # one linking outside: the link stays, what it links to is not the tree's
+        if inside is None:
+            return None
+        recorded = ((manifest or {}).get("files") or {}).get(inside)
+        in_use = inside in ((manifest or {}).get("project") or {}).get("compose_files", [])
+        if in_use and recorded and recorded.get("sha256") == sha256_file(os.path.join(base, inside)):
+            return name, inside
+    return None
+
+
+def override_paths(repo, project, vouched):
+    """The work tree paths (from the top level) a vouched override keeps in place: the file, and what
+    it links to, if that is another file in the tree (stashed, it would leave the link dangling)."""
+    return sorted(set(top_paths(repo, project, list(dict.fromkeys(vouched))))) if vouched else []
 
 
 def rolled_back(module, repo, params, stamp):
@@ -303,16 +339,24 @@ def rolled_back(module, repo, params, stamp):
     except ComposeError as exc:
         fail_step(module, exc)
     lock_for_module(module, params["backup_root"], project.name, "git_revert")
-    snapshot_id = None
+    snapshot_id = manifest = None
     target = params["target"]
     label = target
     if not target:
-        snapshot_id, target = snapshot_target(module, project, params)
+        snapshot_id, target, manifest = snapshot_target(module, project, params)
         label = "%s (snapshot %s)" % (_git.short(target), snapshot_id)
+    vouched = vouched_override(project, manifest, params["keep_override"])
+    kept_override = override_paths(repo, project, vouched)
     backup_id = params["backup_ref_id"] or stamp
     plan = _git.plan_rollback(repo, target, params["mode"], params["stash"], backup_id, target_label=label,
-                              keep=host_paths(repo, project))
+                              keep=host_paths(repo, project) + kept_override)
+    warn_stashed_override(module, repo, project, plan, snapshot_id)
+    recorded = []
+    if plan["changed"] and set(kept_override) & set(plan["kept"]):
+        # Before the move: the way back keeps the file only while it has this content.
+        recorded = _git.record_kept(repo, backup_id, os.path.join(project.project_dir, vouched[0]), module.check_mode)
     after, stash, actions = _git.apply_rollback(repo, plan, module.check_mode)
+    actions = recorded + actions
     touched = _git.paths_of(plan["files"]) + _git.paths_of(plan["uncommitted"])
     services = project.services
     compose_paths = set(project.compose_files()) | {".env"}
@@ -362,11 +406,34 @@ def _rel(toplevel, project_dir, path):
 def host_paths(repo, project):
     """The project's own configuration on this host (ComposeProject.host_files), relative to the
     work tree's top level: what stays in place, untracked, while the code moves."""
+    # Not an override file compose adds by itself: the move does not vouch for one someone dropped
+    # on the host (after a breach it must not stay), only a snapshot that recorded it (vouched_override).
+    return top_paths(repo, project, project.host_files(with_override=False))
+
+
+def warn_stashed_override(module, repo, project, plan, snapshot_id):
+    """Say so when the untracked override file compose adds goes into the stash and the target brings
+    none in its place: the stack starts without it."""
+    untracked = {path for line in plan["uncommitted"] for code, path in [line.split(" ", 1)] if code == "??"}
+    stashed = untracked - set(_git.paths_of(plan["files"])) if plan["stash_wanted"] else set()
+    base = os.path.realpath(project.project_dir)
+    for name in project.override_files():
+        if not set(top_paths(repo, project, [name])) & stashed:
+            continue
+        if resolve_inside(base, name) is None:
+            why = "it links outside the project directory, where no snapshot records it"
+        elif snapshot_id:
+            why = "snapshot %s did not record this content" % snapshot_id
+        else:
+            why = "no snapshot vouches for it"
+        module.warn("%s goes into the stash with the untracked work and the stack starts without it: %s" % (name, why))
+
+
+def top_paths(repo, project, names):
+    """`names` (relative to the project directory) relative to the work tree's top level, those inside it."""
     top = os.path.realpath(repo.toplevel)
     paths = []
-    # Not an override file compose adds by itself: the move does not vouch for one someone dropped
-    # on the host (after a breach it must not stay); the config tier puts back the one a snapshot recorded.
-    for name in project.host_files(with_override=False):
+    for name in names:
         # The directory resolved, not the file: git reports a symlinked .env as the link.
         full = os.path.join(project.project_dir, name)
         path = os.path.relpath(os.path.join(os.path.realpath(os.path.dirname(full)), os.path.basename(full)), top)
@@ -380,7 +447,8 @@ def restored(module, repo, params):
         module.fail_json(msg="state=restored needs backup_ref_id (the <id> of refs/lastgood/before-<id>)")
     project_name = lock_for_restore(module, params)
     project = ComposeProject(module, params["project_dir"], params["files"], project_name)
-    plan = _git.plan_restore(repo, params["backup_ref_id"], keep=host_paths(repo, project))
+    plan = _git.plan_restore(repo, params["backup_ref_id"], keep=host_paths(repo, project) + still_kept_override(
+        repo, project, params["backup_ref_id"]))
     after, actions = _git.apply_restore(repo, plan, module.check_mode)
     return dict(
         changed=plan["changed"],
@@ -403,6 +471,18 @@ def restored(module, repo, params):
             after=diff_text(after, plan["before"]["branch"], plan["files"], "files changed"),
         ),
     )
+
+
+def still_kept_override(repo, project, backup_id):
+    """The override file the rollback kept in place (refs/lastgood/kept-<id>), from the top level, when it
+    still has the content it kept: the way back keeps it too. Any other, dropped or changed since, goes
+    into the after stash like the rest of the tree's changes."""
+    base = os.path.realpath(project.project_dir)
+    for name in project.override_files():
+        inside = resolve_inside(base, name)
+        if inside and _git.kept_unchanged(repo, backup_id, os.path.join(base, name)):
+            return override_paths(repo, project, (name, inside))
+    return []
 
 
 def lock_for_restore(module, params):
@@ -449,6 +529,7 @@ def main():
         state=dict(type="str", choices=["rolled_back", "restored", "tagged"], default="rolled_back"),
         target=dict(type="str"),
         snapshot_id=dict(type="str"),
+        keep_override=dict(type="bool", default=False),
         mode=dict(type="str", choices=list(_git.MODES), default="checkout"),
         backup_ref_id=dict(type="str"),
         stash=dict(type="bool", default=True),

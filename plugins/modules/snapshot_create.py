@@ -224,7 +224,8 @@ manifest:
         the C(pin) tag, whether it is C(running) and its C(containers).
       type: dict
     git:
-      description: C(commit), C(branch), C(dirty) and C(toplevel) of the project's git work tree, or null.
+      description: C(commit), C(branch), C(dirty) and C(toplevel) of the project's git work tree, or null. C(dirty) - changes
+        the commit and the recorded files lack (an untracked C(.env) the snapshot records does not count).
       type: dict
     files:
       description: Recorded files (relative paths) with C(sha256), C(size) and C(mode).
@@ -318,11 +319,6 @@ from ansible_collections.lastgood.rollback.plugins.module_utils._state import li
 PIN_TAG_PREFIX = "lastgood-"
 
 
-def discovered_override(project):
-    """The override file compose adds by itself to this project ([name] or [])."""
-    return project.compose_files()[len(project.compose_files(with_override=False)):]
-
-
 def recorded_files(module, project, patterns):
     """Relative paths of the files a snapshot records, all inside the project directory."""
     base = os.path.realpath(project.project_dir)
@@ -333,7 +329,7 @@ def recorded_files(module, project, patterns):
         for match in glob.glob(os.path.join(base, pattern), recursive=True):
             if os.path.isfile(match):
                 wanted.add(os.path.relpath(match, base))
-    override = discovered_override(project)
+    override = project.override_files()
     files = []
     for rel in sorted(wanted):
         inside = resolve_inside(base, rel)
@@ -460,7 +456,8 @@ def main():
             "compose_files": recorded_paths(os.path.realpath(project.project_dir), project.compose_files()),
         },
         "services": services,
-        "git": git_state(module, project.project_dir),
+        # The host's untracked .env or override file is recorded here, not uncommitted work the snapshot lacks.
+        "git": git_state(module, project.project_dir, recorded=files),
         "files": {},
         "databases": {},
         "volumes": {},

@@ -137,7 +137,8 @@ class CodeRepo:
 
     def commit_all(self, message):
         self.git("add", "-A")
-        self.git("rm", "-q", "--cached", "--ignore-unmatch", "--", ".env")
+        # The host's own settings, never committed: the .env and an override file compose adds.
+        self.git("rm", "-q", "--cached", "--ignore-unmatch", "--", ".env", "compose.override.yaml")
         self.git("commit", "-q", "-m", message)
         return self.head()
 

@@ -378,17 +378,99 @@ def test_an_untracked_env_file_stays_in_place_while_the_code_moves(repos, tmp_pa
     assert repo.out("show", "--name-only", "--format=", stash + "^3") == "notes.txt"
 
 
+OVERRIDE = """\
+services:
+  web:
+    labels:
+      lastgood.test.override: "%s"
+"""
+
+
+def test_an_override_the_snapshot_recorded_stays_while_the_code_moves(repos, docker_client, tmp_path):
+    """The host's untracked compose.override.yaml, which compose adds by itself: as the snapshot
+    recorded it, the move leaves it in place and the rebuilt web is recreated with it (stashed, the
+    stack would start without the host's override). The way back keeps it only while it has the
+    content the move kept. Changed since the snapshot, the move does not vouch for it: stashed, with
+    a warning, and the way back pops it."""
+    repo = repos(up=False)
+    override = repo.dir / "compose.override.yaml"
+    override.write_text(OVERRIDE % "host")
+    repo.up()
+    backup_root = tmp_path / "backups"
+    inventory = ansible_run.write_inventory(tmp_path, repo.host_vars(backup_root))
+
+    def roll_back():
+        run = ansible_run.run_playbook("rollback_code", inventory, extra_vars=SHORT_GATE)
+        assert run.rc == 0, run.describe()
+        assert repo.head() == good
+        wait_version(repo, "good")
+        return run.results_of_module("lastgood.rollback.git_revert")[0]
+
+    def undo(move):
+        back = run_git_revert(repo, tmp_path, state="restored", backup_ref_id=move["backup_ref_id"])
+        assert back.rc == 0, back.describe()
+        assert repo.head() == bad
+        return back.result()
+
+    try:
+        snapshot = ansible_run.run_playbook("snapshot", inventory)
+        assert snapshot.rc == 0, snapshot.describe()
+        good, bad = repo.head(), repo.commit_bad()
+        repo.deploy()
+        wait_version(repo, "bad")
+        assert repo.status() == "?? compose.override.yaml"
+
+        move = roll_back()
+        assert move["kept"] == ["compose.override.yaml"] and move["uncommitted"] == [] and move["stash"] is None
+        assert not move.get("warnings"), move.get("warnings")
+        kept_ref = "refs/lastgood/kept-%s" % move["backup_ref_id"]
+        assert kept_ref in repo.refs() and repo.status() == "?? compose.override.yaml"
+        assert override.read_text() == OVERRIDE % "host"
+        assert repo.container("web").labels.get("lastgood.test.override") == "host"
+        back = undo(move)
+        assert back["kept"] == ["compose.override.yaml"] and back["uncommitted"] == []
+        assert override.read_text() == OVERRIDE % "host"
+
+        # Kept by the move, then changed: the way back does not vouch for it, it goes into the after stash.
+        move = roll_back()
+        assert move["kept"] == ["compose.override.yaml"]
+        override.write_text(OVERRIDE % "edited")
+        back = undo(move)
+        assert back["kept"] == [] and back["uncommitted"] == ["?? compose.override.yaml"] and not override.exists()
+        after_stash = repo.stashes()[0]
+        assert after_stash[1].endswith("lastgood after-%s" % move["backup_ref_id"])
+        assert repo.out("show", "%s^3:compose.override.yaml" % after_stash[0]) == (OVERRIDE % "edited").strip()
+
+        # Changed after the snapshot: not what the stack had when it was good.
+        override.write_text(OVERRIDE % "changed")
+        move = roll_back()
+        assert move["kept"] == [] and move["uncommitted"] == ["?? compose.override.yaml"]
+        assert any("compose.override.yaml goes into the stash" in warning and "did not record this content" in warning
+                   for warning in move.get("warnings", [])), move.get("warnings")
+        assert not override.exists() and "refs/lastgood/kept-%s" % move["backup_ref_id"] not in repo.refs()
+        assert "lastgood.test.override" not in repo.container("web").labels
+        undo(move)
+        assert override.read_text() == OVERRIDE % "changed"
+    finally:
+        ansible_run.remove_snapshot_pins(docker_client, backup_root)
+
+
+def next_release(repo, tmp_path):
+    """(a commit "web next" on top of HEAD, which stays where it is; an inventory to deploy it with)."""
+    repo.write_version("next")
+    target = repo.commit_all("web next")
+    repo.git("reset", "-q", "--hard", "HEAD~1")
+    watch = {"lastgood_watch_s": 2, "lastgood_watch_interval_s": 0.5}
+    return target, ansible_run.write_inventory(tmp_path, repo.host_vars(tmp_path / "backups", **watch))
+
+
 def test_a_deploy_of_new_code_builds_with_its_own_env_values(repos, tmp_path):
     """deploy.yml with a git ref and .env values, the .env untracked: the move leaves it in place,
     the values are written, and only then is web rebuilt, so its build arg reads the new value."""
     repo = repos(ignore_env=False)
     (repo.dir / ".env").write_text((repo.dir / ".env").read_text() + "NOTE=old\n")
     good = repo.head()
-    repo.write_version("next")
-    target = repo.commit_all("web next")
-    repo.git("reset", "-q", "--hard", "HEAD~1")
-    watch = {"lastgood_watch_s": 2, "lastgood_watch_interval_s": 0.5}
-    inventory = ansible_run.write_inventory(tmp_path, repo.host_vars(tmp_path / "backups", **watch))
+    target, inventory = next_release(repo, tmp_path)
     try:
         run = ansible_run.run_playbook("deploy", inventory, extra_vars={
             "lastgood_deploy_git_ref": target, "lastgood_deploy_env": {"NOTE": "new"}})
@@ -403,6 +485,27 @@ def test_a_deploy_of_new_code_builds_with_its_own_env_values(repos, tmp_path):
         assert repo.refs() == {"refs/lastgood/before-deploy-%s" % run_id: good}
     finally:
         ansible_run.remove_snapshot_pins(repo.client, tmp_path / "backups")
+
+
+def test_a_deploy_of_new_code_keeps_the_hosts_override(repos, docker_client, tmp_path):
+    """deploy.yml with a git ref on a host with an untracked compose.override.yaml: the snapshot the
+    deploy takes first records it, so the move leaves it in place and the new web runs with it."""
+    repo = repos(up=False)
+    override = repo.dir / "compose.override.yaml"
+    override.write_text(OVERRIDE % "host")
+    repo.up()
+    target, inventory = next_release(repo, tmp_path)
+    try:
+        run = ansible_run.run_playbook("deploy", inventory, extra_vars={"lastgood_deploy_git_ref": target})
+        assert run.rc == 0, run.describe()
+        assert run.outcome()["result"] == "success"
+        move = run.results_of_module("lastgood.rollback.git_revert")[0]
+        assert move["kept"] == ["compose.override.yaml"] and move["stash"] is None, move
+        assert repo.head() == target and repo.status() == "?? compose.override.yaml"
+        wait_version(repo, "next")
+        assert repo.container("web").labels.get("lastgood.test.override") == "host"
+    finally:
+        ansible_run.remove_snapshot_pins(docker_client, tmp_path / "backups")
 
 
 # -- failures after the move: the tree goes back ---------------------------------------------------

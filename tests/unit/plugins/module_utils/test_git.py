@@ -246,6 +246,32 @@ def test_stash_push_args_exclude_kept_paths_from_the_top_level():
     assert _git.stash_push_args("m", ["app/.env"])[-3:] == ["--", ":(top)", ":(top,exclude,literal)app/.env"]
 
 
+def test_a_kept_file_counts_as_kept_only_while_unchanged(work):
+    directory, _good, _bad = work
+    repo = repo_of(directory)
+    override = directory / "compose.override.yaml"
+    override.write_text("services: {}\n")
+    assert _git.kept_unchanged(repo, "k1", str(override)) is False  # nothing recorded
+    assert _git.record_kept(repo, "k1", str(override), check_mode=True) == [
+        "record refs/lastgood/kept-k1 (compose.override.yaml, kept in place)"]
+    assert git(directory, "for-each-ref", "refs/lastgood/") == ""
+    _git.record_kept(repo, "k1", str(override), check_mode=False)
+    assert _git.kept_unchanged(repo, "k1", str(override)) is True
+    assert _git.kept_unchanged(repo, "k2", str(override)) is False
+    override.write_text("services: {web: {}}\n")
+    assert _git.kept_unchanged(repo, "k1", str(override)) is False
+
+
+def test_git_state_leaves_out_untracked_recorded_files_only(work):
+    directory, _good, _bad = work
+    module = Module()
+    (directory / ".env").write_text("A=1\n")
+    assert _git.git_state(module, str(directory))["dirty"] is True
+    assert _git.git_state(module, str(directory), recorded=[".env"])["dirty"] is False
+    (directory / "app.txt").write_text("edited\n")
+    assert _git.git_state(module, str(directory), recorded=[".env", "app.txt"])["dirty"] is True
+
+
 def test_a_symlinked_env_file_is_kept_as_the_link_git_reports(work):
     """host_paths resolves the directory, not the file: git reports `.env`, not its target."""
     from ansible_collections.lastgood.rollback.plugins.modules.git_revert import host_paths
