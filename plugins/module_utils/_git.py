@@ -470,19 +470,33 @@ def apply_restore(repo, plan, check_mode):
 
 
 def record_kept(repo, backup_id, path, check_mode):
-    """Record the content of the file at `path` a rollback kept in place (refs/lastgood/kept-<id>, a blob),
-    so that the way back keeps it only while it is unchanged; returns the action."""
-    ref = KEPT_REF_PREFIX + backup_id
+    """Record the content of the file at `path` (in the project directory) that a rollback keeps in place,
+    as refs/lastgood/kept-<id>/<name> (a blob), so that the way back keeps it only while it is unchanged
+    and can put it back otherwise; returns the action."""
+    ref = "%s%s/%s" % (KEPT_REF_PREFIX, backup_id, os.path.basename(path))
     if not check_mode:
         blob = repo.run(["hash-object", "-w", "--", path], what="hash-object").strip()
         repo.run(["update-ref", "-m", "lastgood: kept in place", ref, blob], what="update-ref")
-    return ["record %s (%s, kept in place)" % (ref, os.path.basename(path))]
+    return ["record %s (kept in place)" % ref]
 
 
-def kept_unchanged(repo, backup_id, path):
-    """Whether the file at `path` has the content the rollback `backup_id` recorded as kept in place."""
-    recorded = repo.value(["rev-parse", "--verify", "--quiet", KEPT_REF_PREFIX + backup_id])
-    return bool(recorded) and repo.value(["hash-object", "--", path]) == recorded
+def kept_file(repo, backup_id):
+    """(name, blob) of the file the rollback `backup_id` kept in place, or (None, None)."""
+    prefix = "%s%s/" % (KEPT_REF_PREFIX, backup_id)
+    out = repo.value(["for-each-ref", "--format=%(refname) %(objectname)", prefix]) or ""
+    for line in out.splitlines():
+        ref, _space, blob = line.partition(" ")
+        return ref[len(prefix):], blob
+    return None, None
+
+
+def write_blob(repo, blob, path):
+    """Write the content of `blob` to `path`, a regular file (a link there is replaced)."""
+    content = repo.run(["cat-file", "blob", blob], what="cat-file")
+    if os.path.islink(path):
+        os.unlink(path)
+    with open(path, "w") as handle:
+        handle.write(content)
 
 
 def good_tag_name(stamp):

@@ -20,12 +20,15 @@ description:
     not the host's settings; stashed, they would leave with the code and the stack would start without them. Only
     when the target itself tracks such a file does the host's copy go into the stash, the target's taking its
     place. Any other untracked file goes into the stash.
-  - An untracked override file compose adds by itself (such as C(compose.override.yaml)) stays in place only when the
-    target's snapshot vouches for it, by listing it among the compose files the stack ran with and recording exactly
-    its content (sha256), or with O(keep_override). The move does not vouch for one someone dropped on the host, or
-    changed since (after a breach it must not stay); that one goes into the stash, a warning says the stack starts
-    without it, and a config or full rollback puts back the one the snapshot recorded. The kept one is recorded as
-    C(refs/lastgood/kept-<id>); O(state=restored) keeps it only while it still has that content.
+  - An untracked override file compose adds by itself (such as C(compose.override.yaml)) stays in place only when a
+    snapshot vouches for it, by listing it among the compose files the stack ran with and recording exactly its
+    content (sha256) - the target's snapshot, or with O(target) the last known good one - or with O(keep_override).
+    The move does not vouch for one someone dropped on the host, or changed since (after a breach it must not stay);
+    that one goes into the stash, a warning says compose no longer reads it, and a config or full rollback puts back
+    the one the snapshot recorded. An override that links outside
+    the project directory, which a snapshot lists but cannot record, stays as it is. The kept file's content is
+    recorded as C(refs/lastgood/kept-<id>/<name>); O(state=restored) keeps it while it still has that content, and
+    otherwise stashes the change with the tree's other changes and puts the file back as the rollback found it.
   - O(mode=checkout) on a branch resets the branch to the target (C(git reset --hard), only once the backup ref and
     the stash exist); on a detached HEAD it checks the target out detached. O(mode=revert) adds revert commits for
     every commit on top of the target (C(git revert --no-edit <target>..HEAD)), keeping the history; it needs a branch
@@ -94,8 +97,8 @@ options:
   keep_override:
     description:
       - Keep the untracked override file compose adds by itself in place whatever its content - the caller vouches for
-        it, as a deploy does that has just recorded it in its snapshot. Without it, only the target's snapshot can
-        vouch for the override.
+        it, as a deploy does that has just recorded it in its snapshot. Without it, only a snapshot can vouch for the
+        override.
     type: bool
     default: false
   mode:
@@ -223,7 +226,7 @@ uncommitted:
 kept:
   description: >-
     The project's untracked configuration files left in place (paths relative to the top level of the work tree),
-    not stashed.
+    not stashed - also the override file a snapshot or O(keep_override) vouched for, and the file it links to.
   returned: with O(state=rolled_back) or O(state=restored)
   type: list
   elements: str
@@ -308,6 +311,15 @@ def snapshot_target(module, project, params):
     return snapshot_id, commit, manifest
 
 
+def last_good_manifest(backup_root, project_name):
+    """The last known good snapshot's manifest, which vouches for the override file on a move to a
+    named target (such as back to refs/lastgood/before-<id>), or None."""
+    try:
+        return load_verified_snapshot(backup_root, project_name, None, check_files=False)[2]
+    except ManifestError:
+        return None
+
+
 def vouched_override(project, manifest, trusted):
     """(name, path inside the project) of the override file compose adds by itself when it stays in
     place while the code moves, else None: `trusted` (O(keep_override)), or the snapshot recorded
@@ -315,14 +327,17 @@ def vouched_override(project, manifest, trusted):
     base = os.path.realpath(project.project_dir)
     for name in project.override_files():
         inside = resolve_inside(base, name)
-        if trusted:
-            return name, inside or name  # one linking outside: the link stays, what it links to is not the tree's
-        if inside is None:
-            return None
-        recorded = ((manifest or {}).get("files") or {}).get(inside)
-        in_use = inside in ((manifest or {}).get("project") or {}).get("compose_files", [])
-        if in_use and recorded and recorded.get("sha256") == sha256_file(os.path.join(base, inside)):
-            return name, inside
+        in_use = ((manifest or {}).get("project") or {}).get("compose_files") or []
+        if trusted or (inside is None and name in in_use):
+            # One linking outside is host configuration kept elsewhere, used as it is (as config_restore
+            # does): the link stays, what it links to is not the tree's.
+            return name, inside or name
+        recorded = ((manifest or {}).get("files") or {}).get(inside) if inside in in_use else None
+        try:
+            if recorded and recorded.get("sha256") == sha256_file(os.path.join(base, inside)):
+                return name, inside
+        except OSError:  # unreadable: nothing to vouch for
+            pass
     return None
 
 
@@ -345,16 +360,19 @@ def rolled_back(module, repo, params, stamp):
     if not target:
         snapshot_id, target, manifest = snapshot_target(module, project, params)
         label = "%s (snapshot %s)" % (_git.short(target), snapshot_id)
+    if manifest is None and project.override_files():
+        manifest = last_good_manifest(params["backup_root"], project.name)
     vouched = vouched_override(project, manifest, params["keep_override"])
     kept_override = override_paths(repo, project, vouched)
     backup_id = params["backup_ref_id"] or stamp
     plan = _git.plan_rollback(repo, target, params["mode"], params["stash"], backup_id, target_label=label,
                               keep=host_paths(repo, project) + kept_override)
-    warn_stashed_override(module, repo, project, plan, snapshot_id)
+    warn_stashed_override(module, repo, project, plan, snapshot_id or (manifest or {}).get("id"))
     recorded = []
     if plan["changed"] and set(kept_override) & set(plan["kept"]):
         # Before the move: the way back keeps the file only while it has this content.
-        recorded = _git.record_kept(repo, backup_id, os.path.join(project.project_dir, vouched[0]), module.check_mode)
+        recorded = _git.record_kept(repo, backup_id, os.path.join(os.path.realpath(project.project_dir), vouched[0]),
+                                    module.check_mode)
     after, stash, actions = _git.apply_rollback(repo, plan, module.check_mode)
     actions = recorded + actions
     touched = _git.paths_of(plan["files"]) + _git.paths_of(plan["uncommitted"])
@@ -420,13 +438,14 @@ def warn_stashed_override(module, repo, project, plan, snapshot_id):
     for name in project.override_files():
         if not set(top_paths(repo, project, [name])) & stashed:
             continue
-        if resolve_inside(base, name) is None:
-            why = "it links outside the project directory, where no snapshot records it"
+        if snapshot_id and resolve_inside(base, name) is None:
+            why = "it links outside the project directory and snapshot %s did not list it" % snapshot_id
         elif snapshot_id:
             why = "snapshot %s did not record this content" % snapshot_id
         else:
             why = "no snapshot vouches for it"
-        module.warn("%s goes into the stash with the untracked work and the stack starts without it: %s" % (name, why))
+        module.warn("%s %s into the stash with the untracked work, and compose no longer reads it: %s"
+                    % (name, "would go" if module.check_mode else "goes", why))
 
 
 def top_paths(repo, project, names):
@@ -447,9 +466,21 @@ def restored(module, repo, params):
         module.fail_json(msg="state=restored needs backup_ref_id (the <id> of refs/lastgood/before-<id>)")
     project_name = lock_for_restore(module, params)
     project = ComposeProject(module, params["project_dir"], params["files"], project_name)
-    plan = _git.plan_restore(repo, params["backup_ref_id"], keep=host_paths(repo, project) + still_kept_override(
-        repo, project, params["backup_ref_id"]))
+    kept, put_back = override_at_restore(repo, project, params["backup_ref_id"])
+    plan = _git.plan_restore(repo, params["backup_ref_id"], keep=host_paths(repo, project) + kept)
+    changed_one = bool(put_back) and os.path.lexists(put_back[0])  # else gone: nothing of it to stash
     after, actions = _git.apply_restore(repo, plan, module.check_mode)
+    if put_back and plan["changed"]:
+        path, blob = put_back
+        name = os.path.basename(path)
+        actions.append("put %s back as the rollback kept it" % name)
+        change = ("the changed one %s into the stash '%s'" % ("would go" if module.check_mode else "went",
+                                                              plan["after_stash_message"])
+                  if changed_one else "it was gone")
+        module.warn("%s changed after the rollback kept it in place (%s): it comes back as the rollback found it"
+                    % (name, change))
+        if not module.check_mode:
+            _git.write_blob(repo, blob, path)
     return dict(
         changed=plan["changed"],
         snapshot_id=None,
@@ -473,16 +504,19 @@ def restored(module, repo, params):
     )
 
 
-def still_kept_override(repo, project, backup_id):
-    """The override file the rollback kept in place (refs/lastgood/kept-<id>), from the top level, when it
-    still has the content it kept: the way back keeps it too. Any other, dropped or changed since, goes
-    into the after stash like the rest of the tree's changes."""
+def override_at_restore(repo, project, backup_id):
+    """([paths the way back keeps], (path, blob) to put back or None) for the override file the rollback
+    kept in place (refs/lastgood/kept-<id>/<name>). Unchanged, it stays. Dropped or changed since, the
+    change goes into the after stash with the tree's other changes, and the file comes back with the
+    content the rollback found. Any other override is the tree's like any untracked file."""
+    name, blob = _git.kept_file(repo, backup_id)
+    if name is None:
+        return [], None
     base = os.path.realpath(project.project_dir)
-    for name in project.override_files():
-        inside = resolve_inside(base, name)
-        if inside and _git.kept_unchanged(repo, backup_id, os.path.join(base, name)):
-            return override_paths(repo, project, (name, inside))
-    return []
+    path = os.path.join(base, name)
+    if os.path.isfile(path) and repo.value(["hash-object", "--", path]) == blob:
+        return override_paths(repo, project, (name, resolve_inside(base, name) or name)), None
+    return [], (path, blob)
 
 
 def lock_for_restore(module, params):

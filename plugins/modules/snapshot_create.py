@@ -457,7 +457,8 @@ def main():
         },
         "services": services,
         # The host's untracked .env or override file is recorded here, not uncommitted work the snapshot lacks.
-        "git": git_state(module, project.project_dir, recorded=files),
+        # (by the name git knows it by too, when it is a link to what the snapshot records).
+        "git": git_state(module, project.project_dir, recorded=set(files) | set(project.host_files())),
         "files": {},
         "databases": {},
         "volumes": {},

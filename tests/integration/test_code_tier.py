@@ -423,7 +423,7 @@ def test_an_override_the_snapshot_recorded_stays_while_the_code_moves(repos, doc
         move = roll_back()
         assert move["kept"] == ["compose.override.yaml"] and move["uncommitted"] == [] and move["stash"] is None
         assert not move.get("warnings"), move.get("warnings")
-        kept_ref = "refs/lastgood/kept-%s" % move["backup_ref_id"]
+        kept_ref = "refs/lastgood/kept-%s/compose.override.yaml" % move["backup_ref_id"]
         assert kept_ref in repo.refs() and repo.status() == "?? compose.override.yaml"
         assert override.read_text() == OVERRIDE % "host"
         assert repo.container("web").labels.get("lastgood.test.override") == "host"
@@ -431,12 +431,25 @@ def test_an_override_the_snapshot_recorded_stays_while_the_code_moves(repos, doc
         assert back["kept"] == ["compose.override.yaml"] and back["uncommitted"] == []
         assert override.read_text() == OVERRIDE % "host"
 
-        # Kept by the move, then changed: the way back does not vouch for it, it goes into the after stash.
+        # The runbook's way back, a move to the backup ref: the last known good snapshot vouches.
+        move = roll_back()
+        forth = run_git_revert(repo, tmp_path, target="refs/lastgood/before-%s" % move["backup_ref_id"],
+                               backup_ref_id="forth-%s" % move["backup_ref_id"])
+        assert forth.rc == 0, forth.describe()
+        assert forth.result()["kept"] == ["compose.override.yaml"] and not forth.result().get("warnings")
+        assert repo.head() == bad and override.read_text() == OVERRIDE % "host"
+
+        # Kept by the move, then changed: the way back does not vouch for the change. It goes into the
+        # after stash with the tree's other changes, and the file comes back as the rollback found it.
         move = roll_back()
         assert move["kept"] == ["compose.override.yaml"]
         override.write_text(OVERRIDE % "edited")
         back = undo(move)
-        assert back["kept"] == [] and back["uncommitted"] == ["?? compose.override.yaml"] and not override.exists()
+        assert back["kept"] == [] and back["uncommitted"] == ["?? compose.override.yaml"]
+        assert "put compose.override.yaml back as the rollback kept it" in back["actions"]
+        assert any("changed after the rollback kept it in place (the changed one went into the stash" in warning
+                   for warning in back.get("warnings", [])), back
+        assert override.read_text() == OVERRIDE % "host"
         after_stash = repo.stashes()[0]
         assert after_stash[1].endswith("lastgood after-%s" % move["backup_ref_id"])
         assert repo.out("show", "%s^3:compose.override.yaml" % after_stash[0]) == (OVERRIDE % "edited").strip()
@@ -447,7 +460,8 @@ def test_an_override_the_snapshot_recorded_stays_while_the_code_moves(repos, doc
         assert move["kept"] == [] and move["uncommitted"] == ["?? compose.override.yaml"]
         assert any("compose.override.yaml goes into the stash" in warning and "did not record this content" in warning
                    for warning in move.get("warnings", [])), move.get("warnings")
-        assert not override.exists() and "refs/lastgood/kept-%s" % move["backup_ref_id"] not in repo.refs()
+        assert not override.exists() and not any(ref.startswith("refs/lastgood/kept-%s" % move["backup_ref_id"])
+                                                 for ref in repo.refs())
         assert "lastgood.test.override" not in repo.container("web").labels
         undo(move)
         assert override.read_text() == OVERRIDE % "changed"

@@ -246,20 +246,23 @@ def test_stash_push_args_exclude_kept_paths_from_the_top_level():
     assert _git.stash_push_args("m", ["app/.env"])[-3:] == ["--", ":(top)", ":(top,exclude,literal)app/.env"]
 
 
-def test_a_kept_file_counts_as_kept_only_while_unchanged(work):
+def test_a_kept_file_is_recorded_by_name_and_content(work):
     directory, _good, _bad = work
     repo = repo_of(directory)
     override = directory / "compose.override.yaml"
     override.write_text("services: {}\n")
-    assert _git.kept_unchanged(repo, "k1", str(override)) is False  # nothing recorded
+    assert _git.kept_file(repo, "k1") == (None, None)  # nothing recorded
     assert _git.record_kept(repo, "k1", str(override), check_mode=True) == [
-        "record refs/lastgood/kept-k1 (compose.override.yaml, kept in place)"]
+        "record refs/lastgood/kept-k1/compose.override.yaml (kept in place)"]
     assert git(directory, "for-each-ref", "refs/lastgood/") == ""
     _git.record_kept(repo, "k1", str(override), check_mode=False)
-    assert _git.kept_unchanged(repo, "k1", str(override)) is True
-    assert _git.kept_unchanged(repo, "k2", str(override)) is False
-    override.write_text("services: {web: {}}\n")
-    assert _git.kept_unchanged(repo, "k1", str(override)) is False
+    name, blob = _git.kept_file(repo, "k1")
+    assert name == "compose.override.yaml" and blob == git(directory, "hash-object", str(override))
+    assert _git.kept_file(repo, "k2") == (None, None)
+    override.unlink()
+    override.symlink_to("elsewhere.yaml")
+    _git.write_blob(repo, blob, str(override))
+    assert not override.is_symlink() and override.read_text() == "services: {}\n"
 
 
 def test_git_state_leaves_out_untracked_recorded_files_only(work):
