@@ -90,10 +90,6 @@ def floor_summary(label, rounds):
     return 0 if met else 1
 
 
-__all__ = ["Stack", "docker_client", "write_inventory", "playbook", "empty_playbook", "temp_dir", "median",
-           "floor_summary"]
-
-
 def rolled_back_tags(client):
     """The image tier's rolled-back-* tags on this engine."""
     return {tag for image in client.images.list() for tag in image.tags if ":rolled-back-" in tag}
@@ -104,3 +100,7 @@ def remove_rolled_back_tags(client, before):
     stay under their own tags, and the engine does not collect a tag per rollback round."""
     for tag in sorted(rolled_back_tags(client) - before):
         client.images.remove(tag)
+
+
+__all__ = ["Stack", "docker_client", "write_inventory", "playbook", "empty_playbook", "temp_dir", "median",
+           "floor_summary", "rolled_back_tags", "remove_rolled_back_tags"]

@@ -236,6 +236,17 @@ def paths_of(files):
 
 # -- tier 3: the plan, the move, the way back --------------------------------------------------
 
+def free_id(repo, ref_prefix, stamp):
+    """A default name's id: `stamp` (UTC seconds), or `stamp`-2, -3... when a move or tag in the same
+    second took it. An id whose ref is at HEAD is free: plan_rollback and plan_tag reuse it."""
+    head = repo.head()
+    candidate, counter = stamp, 1
+    while repo.ref_commit(ref_prefix + candidate) not in (None, head):
+        counter += 1
+        candidate = "%s-%d" % (stamp, counter)
+    return candidate
+
+
 def plan_rollback(repo, target, mode, stash, backup_id, target_label=None, keep=()):
     """Everything a rollback to `target` would do, verified before anything changes.
 
@@ -294,6 +305,11 @@ def plan_rollback(repo, target, mode, stash, backup_id, target_label=None, keep=
     backup_ref = BACKUP_REF_PREFIX + backup_id
     changed = not at_target or (dirty and stash)
     existing = repo.ref_commit(backup_ref)
+    if changed and existing is not None and existing != head and at_target:
+        # Resuming an interrupted move of this id, with new changes in the tree: say which.
+        raise GitError("the tree is at %s already, moved there by an earlier run of backup_ref_id %s, and has changed since"
+                       " (%s): a resumed run only rebuilds; commit or stash those changes, or choose another"
+                       " backup_ref_id, nothing changed" % (label, backup_id, ", ".join(sorted(path for _code, path in entries))))
     if changed and existing is not None and existing != head:
         raise GitError("backup ref %s already exists (at %s); choose another backup_ref_id, nothing changed"
                        % (backup_ref, short(existing)))

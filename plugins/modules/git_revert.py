@@ -16,19 +16,19 @@ description:
     (O(backup_ref_id)) and uncommitted and untracked changes go into a stash named C(lastgood before-<id>)
     (C(git stash push --include-untracked)), which stays in the stash list. Ignored files are left alone.
   - The project's own configuration on the host stays in place when git does not track it - its compose files, the
-    C(.env), the services' C(env_file) entries (RV(kept)). A code rollback moves code,
-    not the host's settings; stashed, they would leave with the code and the stack would start without them. Only
-    when the target itself tracks such a file does the host's copy go into the stash, the target's taking its
-    place. Any other untracked file goes into the stash.
+    C(.env), the services' C(env_file) entries (RV(kept)). A code rollback moves code, not the host's settings;
+    stashed, they would leave with the code and the stack would start without them. Only when the target itself
+    tracks such a file does the host's copy go into the stash, the target's taking its place. Any other untracked
+    file goes into the stash.
   - An untracked override file compose adds by itself (such as C(compose.override.yaml)) stays in place only when a
     snapshot vouches for it, by listing it among the compose files the stack ran with and recording exactly its
     content (sha256) - the target's snapshot, or with O(target) the last known good one - or with O(keep_override).
     The move does not vouch for one someone dropped on the host, or changed since (after a breach it must not stay);
     that one goes into the stash, a warning says compose no longer reads it, and a config or full rollback puts back
-    the one the snapshot recorded. An override that links outside
-    the project directory, which a snapshot lists but cannot record, stays as it is. The kept file's content is
-    recorded as C(refs/lastgood/kept-<id>/<name>); O(state=restored) keeps it while it still has that content, and
-    otherwise stashes the change with the tree's other changes and puts the file back as the rollback found it.
+    the one the snapshot recorded. An override that links outside the project directory, which a snapshot lists but
+    cannot record, stays as it is. The kept file's content is recorded as C(refs/lastgood/kept-<id>/<name>);
+    O(state=restored) keeps it while it still has that content, and otherwise stashes the change with the tree's
+    other changes and puts the file back as the rollback found it.
   - O(mode=checkout) on a branch resets the branch to the target (C(git reset --hard), only once the backup ref and
     the stash exist); on a detached HEAD it checks the target out detached. O(mode=revert) adds revert commits for
     every commit on top of the target (C(git revert --no-edit <target>..HEAD)), keeping the history; it needs a branch
@@ -110,7 +110,8 @@ options:
   backup_ref_id:
     description:
       - The C(<id>) of C(refs/lastgood/before-<id>) and of the stash C(lastgood before-<id>). Default - the current
-        UTC time, C(YYYYmmddTHHMMSSZ). Required with O(state=restored).
+        UTC time, C(YYYYmmddTHHMMSSZ), with C(-2), C(-3)... added when a move in the same second took it.
+        Required with O(state=restored).
       - Run again with the same id after an interruption, when the tree is already at the target, the module finds
         the move that id made (its backup ref) and returns what it moved in RV(services_to_rebuild) again
         (RV(resumed)), so that a rebuild the interruption prevented is not skipped.
@@ -124,7 +125,8 @@ options:
     default: true
   tag:
     description:
-      - With O(state=tagged), the tag name. Default - C(lastgood/good-<UTC YYYYmmddTHHMMSSZ>).
+      - With O(state=tagged), the tag name. Default - C(lastgood/good-<UTC YYYYmmddTHHMMSSZ>), with C(-2), C(-3)... added
+        when a tag of another commit in the same second took it.
     type: str
 requirements:
   - git on the managed host.
@@ -364,7 +366,7 @@ def rolled_back(module, repo, params, stamp):
         manifest = last_good_manifest(params["backup_root"], project.name)
     vouched = vouched_override(project, manifest, params["keep_override"])
     kept_override = override_paths(repo, project, vouched)
-    backup_id = params["backup_ref_id"] or stamp
+    backup_id = params["backup_ref_id"] or _git.free_id(repo, _git.BACKUP_REF_PREFIX, stamp)
     plan = _git.plan_rollback(repo, target, params["mode"], params["stash"], backup_id, target_label=label,
                               keep=host_paths(repo, project) + kept_override)
     warn_stashed_override(module, repo, project, plan, snapshot_id or (manifest or {}).get("id"))
@@ -537,7 +539,7 @@ def lock_for_restore(module, params):
 
 
 def tagged(module, repo, params, stamp):
-    plan = _git.plan_tag(repo, params["tag"] or _git.good_tag_name(stamp))
+    plan = _git.plan_tag(repo, params["tag"] or _git.good_tag_name(_git.free_id(repo, "refs/tags/" + _git.GOOD_TAG_PREFIX, stamp)))
     actions = _git.apply_tag(repo, plan, module.check_mode)
     return dict(
         changed=plan["changed"],

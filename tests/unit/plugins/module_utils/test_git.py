@@ -119,6 +119,7 @@ def test_revert_mode_adds_commits(work):
     ("dirty no stash", "uncommitted changes the rollback would touch (app.txt)"),
     ("bad id", "backup_ref_id '../x' is not a safe name"),
     ("taken id", "backup ref refs/lastgood/before-taken already exists"),
+    ("changed since a resumed move", "an earlier run of backup_ref_id moved, and has changed since (new.txt): a resumed run"),
 ])
 def test_refusals_change_nothing(work, case, message):
     directory, good, bad = work
@@ -145,6 +146,11 @@ def test_refusals_change_nothing(work, case, message):
     elif case == "taken id":
         git(directory, "update-ref", "refs/lastgood/before-taken", good)
         backup_id = "taken"
+    elif case == "changed since a resumed move":
+        git(directory, "update-ref", "refs/lastgood/before-moved", bad)
+        git(directory, "checkout", "-q", good)
+        (directory / "new.txt").write_text("after the interruption\n")
+        backup_id = "moved"
     before = (git(directory, "rev-parse", "HEAD"), git(directory, "status", "--porcelain"),
               git(directory, "for-each-ref"))
     with pytest.raises(_git.GitError) as caught:
@@ -173,6 +179,27 @@ def test_tag_once_per_commit(work):
     assert again == {"commit": bad, "tag": "lastgood/good-1", "changed": False}
     with pytest.raises(_git.GitError, match="not a valid tag name"):
         _git.plan_tag(repo, "bad..name")
+
+
+def test_default_ids_taken_in_the_same_second_get_a_suffix(work):
+    directory, good, bad = work
+    repo = repo_of(directory)
+    before = _git.BACKUP_REF_PREFIX
+    assert _git.free_id(repo, before, "T") == "T"
+    _git.apply_rollback(repo, _git.plan_rollback(repo, good, "checkout", True, "T"), check_mode=False)
+    # before-T is at bad, HEAD at good: a second move in the same second gets its own id, not a refusal
+    assert _git.free_id(repo, before, "T") == "T-2"
+    _git.apply_rollback(repo, _git.plan_rollback(repo, bad, "checkout", True, "T-2"), check_mode=False)
+    # back at bad, where before-T is: that id is free again (plan_rollback reuses a backup ref at HEAD)
+    assert _git.free_id(repo, before, "T") == "T"
+    assert _git.plan_rollback(repo, good, "checkout", True, "T")["backup_exists"] is True
+    # a good tag of another commit in the same second: the next name, not "already exists"
+    tags = "refs/tags/" + _git.GOOD_TAG_PREFIX
+    _git.apply_tag(repo, _git.plan_tag(repo, _git.good_tag_name("T")), check_mode=False)
+    assert _git.free_id(repo, tags, "T") == "T"
+    git(directory, "checkout", "-q", good)
+    assert _git.free_id(repo, tags, "T") == "T-2"
+    assert _git.plan_tag(repo, _git.good_tag_name("T-2"))["changed"] is True
 
 
 def test_source_services_follow_the_build_context(tmp_path):
