@@ -166,8 +166,11 @@ def still_starting(summary):
 
 
 def failed_for_good(summary):
-    """A state that waiting will not fix: stopped, or unhealthy after its retries."""
-    return summary["state"] in ("exited", "dead") or summary["health"] == "unhealthy"
+    """A state that waiting will not fix: stopped, or running and unhealthy after its retries. Not
+    `restarting`: its restart policy is bringing it back, and the `unhealthy` the engine shows for
+    it then is what it sets at every crash (the next start resets it to `starting`); a crash loop
+    is bounded by the caller's deadline."""
+    return summary["state"] in ("exited", "dead") or (summary["state"] == "running" and summary["health"] == "unhealthy")
 
 
 def services_problems(by_service, services):

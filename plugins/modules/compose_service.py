@@ -17,7 +17,8 @@ description:
     starts what is stopped.
   - Then waits, polling every 0.1 s until a deadline, for every container of those services to run and,
     when it has a Docker healthcheck, to be healthy. A container that exits or turns unhealthy ends the
-    wait at once.
+    wait at once; one its restart policy brings back (C(restarting), a crash while what it needs comes up)
+    is waited for until the deadline.
   - O(state=stopped) stops the named services within O(stop_timeout) - those whose container runs, restarts (a crash
     loop) or is paused; a service already exited is left as it is.
 author:

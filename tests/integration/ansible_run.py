@@ -29,6 +29,7 @@ this file for its stdout callback (through a small generated shim, see _callback
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import io
 import json
@@ -40,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 from ansible.module_utils.common.json import AnsibleJSONEncoder
@@ -324,6 +326,19 @@ def kill_at_journal_step(playbook, inventory, journal, step, status="started", e
     return json.loads(Path(journal).read_text())
 
 
+def run_deploy(inventory, env, **extra_vars):
+    """playbooks/deploy.yml with `env` as the new version's .env values (lastgood_deploy_env)."""
+    return run_playbook("deploy", inventory, extra_vars=dict({"lastgood_deploy_env": env}, **extra_vars))
+
+
+def env_file_value(directory, key):
+    """The value of `key` in directory/.env as written there (quotes kept), or None."""
+    for line in (Path(directory) / ".env").read_text().splitlines():
+        if line.startswith(key + "="):
+            return line.split("=", 1)[1]
+    return None
+
+
 def run_tasks(inventory, tasks, workdir, env=None, timeout=300):
     """Run `tasks` (a list of task dicts) as a one-play playbook written into `workdir`."""
     play = [{"name": "lastgood.rollback integration test", "hosts": HOST, "gather_facts": False, "tasks": tasks}]
@@ -406,6 +421,23 @@ def stack_host_vars(stack, backup_root, **extra):
     return host_vars
 
 
+@contextlib.contextmanager
+def stack_host(stack, work, client, **host_vars):
+    """`stack` as the host of a module's runs: .stack, .backup_root (under `work`), .root (the
+    project's snapshots), .inventory (stack_host_vars + `host_vars`) and .images, images to
+    remove at the end. On exit the stack is destroyed, its snapshots' pins and .images removed."""
+    backup_root = Path(work) / "backups"
+    host = types.SimpleNamespace(stack=stack, backup_root=backup_root, root=backup_root / stack.project, images=[],
+                                 inventory=write_inventory(work, stack_host_vars(stack, backup_root, **host_vars)))
+    try:
+        yield host
+    finally:
+        stack.destroy()
+        remove_snapshot_pins(client, backup_root)
+        for image_id in host.images:
+            remove_image(client, image_id)
+
+
 def write_inventory(directory, host_vars, name="inventory.yml"):
     """A one-host inventory (local connection, the venv's Python) written into `directory`."""
     inventory = {"all": {"hosts": {HOST: dict(host_vars, ansible_connection="local",
@@ -463,13 +495,16 @@ def tree_state(directory):
 
 # -- the engine: throwaway images and what a run may have changed ------------------------------
 
-def throwaway_image(client, base, repository, tag, label):
-    """Build `FROM base` + a unique LABEL as repository:tag and return its ID (sha256:...).
+def throwaway_image(client, base, repository, tag, label, command=None):
+    """Build `FROM base` + a unique LABEL (+ CMD `command`, a list) as repository:tag and return
+    its ID (sha256:...).
 
     Its own image ID makes tags a run adds to it (rolled-back-*, lastgood-* pins) this test's
     alone, however many other stacks share `base`.
     """
     dockerfile = "FROM %s\nLABEL lastgood.test=%s\n" % (base, json.dumps(label))
+    if command:
+        dockerfile += "CMD %s\n" % json.dumps(command)
     image, _logs = client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag="%s:%s" % (repository, tag),
                                        rm=True, forcerm=True, pull=False)
     return image.id

@@ -22,36 +22,21 @@ WATCH = {"lastgood_watch_s": 8, "lastgood_watch_interval_s": 0.5, "lastgood_watc
 
 @pytest.fixture(scope="module")
 def deployed(module_stack, docker_client, tmp_path_factory):
-    stack = module_stack()
-    work = tmp_path_factory.mktemp("deploy")
-    backup_root = work / "backups"
-    inventory = ansible_run.write_inventory(work, ansible_run.stack_host_vars(stack, backup_root, **WATCH))
-
-    class Deployed:
-        pass
-    found = Deployed()
-    found.stack, found.backup_root, found.inventory, found.root = stack, backup_root, inventory, backup_root / stack.project
-    found.v1_id = docker_client.images.get(stacks.APP_V1).id
-    found.v2_id = ansible_run.throwaway_image(docker_client, stacks.APP_V2, "lastgood-test/app", stack.project + "-v2",
-                                              stack.project)
-    found.v2_ref = "lastgood-test/app:%s-v2" % stack.project
-    try:
+    with ansible_run.stack_host(module_stack(), tmp_path_factory.mktemp("deploy"), docker_client, **WATCH) as found:
+        project = found.stack.project
+        found.v1_id = docker_client.images.get(stacks.APP_V1).id
+        found.v2_id = ansible_run.throwaway_image(docker_client, stacks.APP_V2, "lastgood-test/app", project + "-v2", project)
+        found.images.append(found.v2_id)
+        found.v2_ref = "lastgood-test/app:%s-v2" % project
         yield found
-    finally:
-        stack.destroy()
-        ansible_run.remove_snapshot_pins(docker_client, backup_root)
-        ansible_run.remove_image(docker_client, found.v2_id)
 
 
 def deploy(found, env, **extra):
-    return ansible_run.run_playbook("deploy", found.inventory, extra_vars=dict({"lastgood_deploy_env": env}, **extra))
+    return ansible_run.run_deploy(found.inventory, env, **extra)
 
 
 def env_value(found, key):
-    for line in (found.stack.dir / ".env").read_text().splitlines():
-        if line.startswith(key + "="):
-            return line.split("=", 1)[1]
-    return None
+    return ansible_run.env_file_value(found.stack.dir, key)
 
 
 def last_known_good(found):

@@ -659,6 +659,17 @@ def test_one_readiness_rule_serves_the_health_gate_and_the_service_waits():
     assert not _health.only_starting(by_service)  # a created container is not waiting for a healthcheck
 
 
+def test_a_crash_its_restart_policy_brings_back_is_waited_for_an_unhealthy_run_is_not():
+    """The engine shows `unhealthy` for a container between its crash and its restart (it sets that
+    at every exit; the restart resets it to `starting`): a wait goes on until its deadline."""
+    restarting = _container("p-app-1", "app", state="restarting", health="unhealthy", exit_code=1)
+    assert not _docker.failed_for_good(restarting)
+    assert _docker.container_problem(restarting) == "restarting"
+    assert _docker.crash_problem(restarting) == "restarting (exit code 1)"
+    assert _docker.failed_for_good(_container("p-app-1", "app", health="unhealthy"))
+    assert _docker.failed_for_good(_container("p-app-1", "app", state="exited", exit_code=1))
+
+
 # -- the pause after a failed round: ended early once containers are no longer starting ---------
 
 class StartingCheck:
