@@ -236,10 +236,11 @@ def paths_of(files):
 
 # -- tier 3: the plan, the move, the way back --------------------------------------------------
 
-def free_id(repo, ref_prefix, stamp):
+def free_id(repo, ref_prefix, stamp, reuse_at_head=False):
     """A default name's id: `stamp` (UTC seconds), or `stamp`-2, -3... when a move or tag in the same
-    second took it. An id whose ref is at HEAD is free: plan_rollback and plan_tag reuse it."""
-    head = repo.head()
+    second took it. With `reuse_at_head`, an id whose ref is at HEAD is free (a good tag: plan_tag
+    reuses it); a backup id never is, its stash and kept refs are another move's."""
+    head = repo.head() if reuse_at_head else None
     candidate, counter = stamp, 1
     while repo.ref_commit(ref_prefix + candidate) not in (None, head):
         counter += 1
@@ -307,9 +308,11 @@ def plan_rollback(repo, target, mode, stash, backup_id, target_label=None, keep=
     existing = repo.ref_commit(backup_ref)
     if changed and existing is not None and existing != head and at_target:
         # Resuming an interrupted move of this id, with new changes in the tree: say which.
-        raise GitError("the tree is at %s already, moved there by an earlier run of backup_ref_id %s, and has changed since"
-                       " (%s): a resumed run only rebuilds; commit or stash those changes, or choose another"
-                       " backup_ref_id, nothing changed" % (label, backup_id, ", ".join(sorted(path for _code, path in entries))))
+        paths = sorted(path for _code, path in entries)
+        shown = ", ".join(paths[:5]) + (" and %d more" % (len(paths) - 5) if len(paths) > 5 else "")
+        raise GitError("the tree is at %s already and backup ref %s names another commit (an interrupted move of this id),"
+                       " but the tree has changed since (%s): a resumed run only rebuilds; commit or stash those changes,"
+                       " or choose another backup_ref_id, nothing changed" % (label, backup_ref, shown))
     if changed and existing is not None and existing != head:
         raise GitError("backup ref %s already exists (at %s); choose another backup_ref_id, nothing changed"
                        % (backup_ref, short(existing)))

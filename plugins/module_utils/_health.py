@@ -172,7 +172,8 @@ class CheckResult:
         self.reason = _clip(reason) if reason else self.error
         # Container checks: failed only because healthchecks are still `starting` (see pause()).
         self.settling = False
-        # not_crashed container checks: failed only by containers their restart policy brings back.
+        # Container checks: failed only by containers their restart policy brings back (ready: and
+        # healthchecks still `starting`).
         self.restarting = False
 
     @property
@@ -403,6 +404,8 @@ class ContainerCheck(Check):
         result = CheckResult(self, ok=error is None, latency_ms=latency_ms, error=error, containers=containers)
         if error is not None and self.require == "ready":
             result.settling = only_starting(by_service, self.services)
+            # Not ready because a restart policy brings a crash back: a start, as with not_crashed.
+            result.restarting = not result.settling and only_starting(by_service, self.services, restarting=True)
         elif error is not None:
             # A crash that nothing brings back counts at once, also within a watch's startup allowance;
             # one its restart policy brings back is a start until the allowance has passed.
@@ -454,14 +457,15 @@ def only_restarting(by_service, services=None):
     return bool(crashed) and all(c["state"] == "restarting" for c in crashed)
 
 
-def only_starting(by_service, services=None):
+def only_starting(by_service, services=None, restarting=False):
     """True when every wanted service has containers and the only ones not ready are those
-    whose Docker healthcheck is still `starting` (none unhealthy, none stopped)."""
+    whose Docker healthcheck is still `starting` (none unhealthy, none stopped); with
+    `restarting`, also those their restart policy is bringing back after a crash."""
     wanted = list(services) if services else sorted(by_service)
     if not wanted or any(not by_service.get(service) for service in wanted):
         return False
     found = [container for service in wanted for container in by_service[service]]
-    waiting = [_docker.still_starting(c) for c in found]
+    waiting = [_docker.still_starting(c) or (restarting and c["state"] == "restarting") for c in found]
     if any(not wait and _docker.container_problem(c) for c, wait in zip(found, waiting)):
         return False
     return any(waiting)

@@ -539,7 +539,8 @@ def lock_for_restore(module, params):
 
 
 def tagged(module, repo, params, stamp):
-    plan = _git.plan_tag(repo, params["tag"] or _git.good_tag_name(_git.free_id(repo, "refs/tags/" + _git.GOOD_TAG_PREFIX, stamp)))
+    tags = "refs/tags/" + _git.GOOD_TAG_PREFIX
+    plan = _git.plan_tag(repo, params["tag"] or _git.good_tag_name(_git.free_id(repo, tags, stamp, reuse_at_head=True)))
     actions = _git.apply_tag(repo, plan, module.check_mode)
     return dict(
         changed=plan["changed"],

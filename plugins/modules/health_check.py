@@ -157,7 +157,8 @@ options:
         description:
           - V(container) only. What each container of O(checks[].services) must be. Defaults to V(ready).
           - V(ready) - running and, if it has a Docker healthcheck, C(healthy). A healthcheck still
-            C(starting) is a service not up yet (see O(startup_s)).
+            C(starting), or a container its restart policy brings back (C(restarting)), is a service not
+            up yet (see O(startup_s)).
           - V(not_crashed) - not crashed. The check fails only for a container that exited with a non-zero
             code, is C(dead), or is C(restarting) after a non-zero exit code. A container still starting,
             unhealthy, or whose process ended with code 0 (a one-shot job that finished), and a service
@@ -253,8 +254,8 @@ options:
       - Watching, how long the services may take to answer at all, as after a deploy recreated them. Until every
         check's service answers, a round whose only failures are services not answering yet (connection refused;
         behind a published port, a connection closed or reset without an answer; a container healthcheck still
-        C(starting)) counts for nothing, and the window starts again after it, so that O(watch_s) is watched of
-        services that answer.
+        C(starting); a container its restart policy brings back, C(restarting)) counts for nothing, and the window
+        starts again after it, so that O(watch_s) is watched of services that answer.
       - A service that answers wrong (an HTTP 500, too slow) counts at once; one that still does not answer after
         O(startup_s) counts from then on.
       - V(0) (the default) counts every round from the first. Ignored when waiting (without O(watch_s)).

@@ -85,7 +85,8 @@ def test_a_service_wait_waits_out_restarts_until_its_deadline(crashing, tmp_path
 
     env_file = crashing.stack.dir / ".env"
     good = env_file.read_text()
-    env_file.write_text(good.replace("APP_CRASHES=4", "APP_CRASHES=1000"))
+    assert "\nAPP_CRASHES=4\n" in good, "the release of the first test is not the one running"
+    env_file.write_text(good.replace("\nAPP_CRASHES=4\n", "\nAPP_CRASHES=1000\n"))
     try:
         run = ansible_run.run_module(crashing.inventory, "compose_service", dict(args, wait_timeout=3), tmp_path)
         assert run.rc != 0
@@ -96,3 +97,14 @@ def test_a_service_wait_waits_out_restarts_until_its_deadline(crashing, tmp_path
         env_file.write_text(good)
     run = ansible_run.run_module(crashing.inventory, "compose_service", args, tmp_path)
     assert run.rc == 0 and restarts(crashing) == 4, run.describe()
+
+
+def test_the_watch_of_every_container_counts_a_restart_as_a_start_too(crashing):
+    """deploy_watch_containers: the check that every container runs and is healthy sees the app
+    `restarting` through its first six starts (6.3 s of the engine's backoff); that is a start as
+    well, not a failed round."""
+    run = ansible_run.run_deploy(crashing.inventory, {"APP_IMAGE": crashing.image, "APP_CRASHES": "6"},
+                                 deploy_watch_containers=True)
+    assert run.rc == 0, run.describe()
+    assert run.outcome()["result"] == "success", run.outcome()
+    assert restarts(crashing) == 6

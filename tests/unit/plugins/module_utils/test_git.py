@@ -119,7 +119,8 @@ def test_revert_mode_adds_commits(work):
     ("dirty no stash", "uncommitted changes the rollback would touch (app.txt)"),
     ("bad id", "backup_ref_id '../x' is not a safe name"),
     ("taken id", "backup ref refs/lastgood/before-taken already exists"),
-    ("changed since a resumed move", "an earlier run of backup_ref_id moved, and has changed since (new.txt): a resumed run"),
+    ("changed since a resumed move", "before-moved names another commit (an interrupted move of this id), but the tree has"
+                                     " changed since (new.txt): a resumed run only rebuilds"),
 ])
 def test_refusals_change_nothing(work, case, message):
     directory, good, bad = work
@@ -190,15 +191,14 @@ def test_default_ids_taken_in_the_same_second_get_a_suffix(work):
     # before-T is at bad, HEAD at good: a second move in the same second gets its own id, not a refusal
     assert _git.free_id(repo, before, "T") == "T-2"
     _git.apply_rollback(repo, _git.plan_rollback(repo, bad, "checkout", True, "T-2"), check_mode=False)
-    # back at bad, where before-T is: that id is free again (plan_rollback reuses a backup ref at HEAD)
-    assert _git.free_id(repo, before, "T") == "T"
-    assert _git.plan_rollback(repo, good, "checkout", True, "T")["backup_exists"] is True
+    # back at bad, where before-T is: still another move's (its stash name, its kept refs)
+    assert _git.free_id(repo, before, "T") == "T-3"
     # a good tag of another commit in the same second: the next name, not "already exists"
     tags = "refs/tags/" + _git.GOOD_TAG_PREFIX
     _git.apply_tag(repo, _git.plan_tag(repo, _git.good_tag_name("T")), check_mode=False)
-    assert _git.free_id(repo, tags, "T") == "T"
+    assert _git.free_id(repo, tags, "T", reuse_at_head=True) == "T"  # plan_tag keeps the tag at HEAD
     git(directory, "checkout", "-q", good)
-    assert _git.free_id(repo, tags, "T") == "T-2"
+    assert _git.free_id(repo, tags, "T", reuse_at_head=True) == "T-2"
     assert _git.plan_tag(repo, _git.good_tag_name("T-2"))["changed"] is True
 
 

@@ -668,6 +668,12 @@ def test_a_crash_its_restart_policy_brings_back_is_waited_for_an_unhealthy_run_i
     assert _docker.crash_problem(restarting) == "restarting (exit code 1)"
     assert _docker.failed_for_good(_container("p-app-1", "app", health="unhealthy"))
     assert _docker.failed_for_good(_container("p-app-1", "app", state="exited", exit_code=1))
+    # In a watch's container check (ready), a service not up yet, as a healthcheck still starting is.
+    by_service = {"app": [restarting], "web": [_container("p-web-1", "web", health="starting")],
+                  "static": [_container("p-static-1", "static", health="healthy")]}
+    assert not _health.only_starting(by_service) and _health.only_starting(by_service, restarting=True)
+    for broken in (_container("p-db-1", "db", state="exited", exit_code=1), _container("p-db-1", "db", health="unhealthy")):
+        assert not _health.only_starting(dict(by_service, db=[broken]), restarting=True)
 
 
 # -- the pause after a failed round: ended early once containers are no longer starting ---------
