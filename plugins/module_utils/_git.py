@@ -306,19 +306,20 @@ def plan_rollback(repo, target, mode, stash, backup_id, target_label=None, keep=
     backup_ref = BACKUP_REF_PREFIX + backup_id
     changed = not at_target or (dirty and stash)
     existing = repo.ref_commit(backup_ref)
-    if changed and existing is not None and existing != head and at_target:
-        # Resuming an interrupted move of this id, with new changes in the tree: say which.
-        paths = sorted(path for _code, path in entries)
-        shown = ", ".join(paths[:5]) + (" and %d more" % (len(paths) - 5) if len(paths) > 5 else "")
-        raise GitError("the tree is at %s already and backup ref %s names another commit (an interrupted move of this id),"
-                       " but the tree has changed since (%s): a resumed run only rebuilds; commit or stash those changes,"
-                       " or choose another backup_ref_id, nothing changed" % (label, backup_ref, shown))
-    if changed and existing is not None and existing != head:
+    taken = existing is not None and existing != head  # this id's backup ref names another commit
+    if changed and taken:
+        if at_target:
+            # Resuming an interrupted move of this id, with new changes in the tree: say which.
+            paths = sorted(path for _code, path in entries)
+            shown = ", ".join(paths[:5]) + (" and %d more" % (len(paths) - 5) if len(paths) > 5 else "")
+            raise GitError("the tree is at %s already and backup ref %s names another commit (an interrupted move of this"
+                           " id), but the tree has changed since (%s): a resumed run only rebuilds; commit or stash those"
+                           " changes, or choose another backup_ref_id, nothing changed" % (label, backup_ref, shown))
         raise GitError("backup ref %s already exists (at %s); choose another backup_ref_id, nothing changed"
                        % (backup_ref, short(existing)))
     # At the target, with this id's backup ref elsewhere: the move was made by a run of the same id
     # that was interrupted; what it moved is what still has to be rebuilt.
-    resumed = at_target and existing is not None and existing != head
+    resumed = at_target and taken
     if resumed:
         files = repo.changed_files(existing, wanted)
     return {

@@ -423,12 +423,13 @@ def stack_host_vars(stack, backup_root, **extra):
 
 @contextlib.contextmanager
 def stack_host(stack, work, client, **host_vars):
-    """`stack` as the host of a module's runs: .stack, .backup_root (under `work`), .root (the
+    """`stack` as the host of a module's runs: .stack, .work, .backup_root (under `work`), .root (the
     project's snapshots), .inventory (stack_host_vars + `host_vars`) and .images, images to
     remove at the end. On exit the stack is destroyed, its snapshots' pins and .images removed."""
-    backup_root = Path(work) / "backups"
-    host = types.SimpleNamespace(stack=stack, backup_root=backup_root, root=backup_root / stack.project, images=[],
-                                 inventory=write_inventory(work, stack_host_vars(stack, backup_root, **host_vars)))
+    work = Path(work)
+    backup_root = work / "backups"
+    host = types.SimpleNamespace(stack=stack, work=work, backup_root=backup_root, root=backup_root / stack.project,
+                                 images=[], inventory=write_inventory(work, stack_host_vars(stack, backup_root, **host_vars)))
     try:
         yield host
     finally:

@@ -279,6 +279,10 @@ class Stack:
             message=f"{self.project}/{service} health {status!r} (now {self.health(service)!r})",
         )
 
+    def db_connect(self, **extra) -> dict:
+        """psycopg2.connect keyword arguments for the stack's PostgreSQL as its superuser."""
+        return dict(host="127.0.0.1", port=self.ports["db"], user="postgres", password=self.password, **extra)
+
     def url(self, service: str, path: str = "/") -> str:
         if service not in HTTP_SERVICES:
             raise ValueError(f"{service} is not an HTTP service")

@@ -45,7 +45,7 @@ def test_volume_files_present_then_missing(volume, inventory, tmp_path, docker_c
 
 def test_tables_and_row_bounds(stack, inventory, tmp_path):
     demo = stack()
-    connect = dict(host="127.0.0.1", port=demo.ports["db"], user="postgres", password=demo.password, dbname="app")
+    connect = demo.db_connect(dbname="app")
     with psycopg2.connect(**connect) as conn, conn.cursor() as cur:
         cur.execute("CREATE TABLE t (id int)")
         cur.execute("INSERT INTO t SELECT generate_series(1, 50)")

@@ -28,30 +28,21 @@ DATA_GRACE_S = 30
 @pytest.fixture(scope="module")
 def emergency(module_stack, docker_client, tmp_path_factory):
     stack = module_stack()
-    work = tmp_path_factory.mktemp("emergency")
-    backup_root = work / "backups"
-    connect = dict(host="127.0.0.1", port=stack.ports["db"], user="postgres", password=stack.password)
+    connect = stack.db_connect()
     support.create_writes_table(connect)
     entry = {"name": "app", "service": "db", "port": stack.ports["db"]}
-    host_vars = ansible_run.stack_host_vars(stack, backup_root, lastgood_databases=[entry],
-                                            lastgood_emergency_grace_s=GRACE_S, lastgood_emergency_data_grace_s=DATA_GRACE_S,
-                                            lastgood_gate_deadline_s=60)
-    inventory = ansible_run.write_inventory(work, host_vars)
-
-    class Emergency:
-        pass
-    found = Emergency()
-    found.stack, found.work, found.backup_root, found.inventory, found.connect = stack, work, backup_root, inventory, connect
-    found.client = docker_client
-    found.snapshots = []
-    for rows in (100, 50):
-        insert_rows(connect, rows)
-        run = ansible_run.run_playbook("snapshot", inventory)
-        assert run.rc == 0, failure(run)
-        found.snapshots.append(run.outcome()["snapshot_id"])
-    found.rows_at = {found.snapshots[0]: 100, found.snapshots[1]: 150}
-    yield found
-    ansible_run.remove_snapshot_pins(docker_client, backup_root)
+    with ansible_run.stack_host(stack, tmp_path_factory.mktemp("emergency"), docker_client, lastgood_databases=[entry],
+                                lastgood_emergency_grace_s=GRACE_S, lastgood_emergency_data_grace_s=DATA_GRACE_S,
+                                lastgood_gate_deadline_s=60) as found:
+        found.connect = connect
+        found.snapshots = []
+        for rows in (100, 50):
+            insert_rows(connect, rows)
+            run = ansible_run.run_playbook("snapshot", found.inventory)
+            assert run.rc == 0, failure(run)
+            found.snapshots.append(run.outcome()["snapshot_id"])
+        found.rows_at = {found.snapshots[0]: 100, found.snapshots[1]: 150}
+        yield found
 
 
 def insert_rows(connect, rows):

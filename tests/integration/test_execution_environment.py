@@ -111,19 +111,14 @@ def test_ee_python_requirements_match_the_managed_host_requirements():
 
 def test_playbooks_run_from_the_installed_collection(installed, stack, docker_client, tmp_path):
     """snapshot, verify and a rollback plan, by FQCN, from the tarball's install, on a real stack."""
-    demo = stack()
-    backup_root = tmp_path / "backups"
-    inventory = ansible_run.write_inventory(tmp_path, ansible_run.stack_host_vars(demo, backup_root))
-    try:
-        snapshot = installed.playbook("snapshot", inventory)
+    with ansible_run.stack_host(stack(), tmp_path, docker_client) as host:
+        snapshot = installed.playbook("snapshot", host.inventory)
         assert snapshot.rc == 0, snapshot.describe()
         snapshot_id = snapshot.outcome()["snapshot_id"]
-        assert ansible_run.last_known_good(backup_root, demo.project) == snapshot_id
-        verify = installed.playbook("verify", inventory)
+        assert ansible_run.last_known_good(host.backup_root, host.stack.project) == snapshot_id
+        verify = installed.playbook("verify", host.inventory)
         assert verify.rc == 0, verify.describe()
         assert verify.outcome()["result"] == "success" and verify.outcome()["snapshot_id"] == snapshot_id
-        plan = installed.playbook("rollback_images", inventory, check=True)
+        plan = installed.playbook("rollback_images", host.inventory, check=True)
         assert plan.rc == 0, plan.describe()
         assert plan.outcome()["result"] == "planned" and plan.outcome()["services_changed"] == []
-    finally:
-        ansible_run.remove_snapshot_pins(docker_client, backup_root)

@@ -33,30 +33,22 @@ def count_orders(connect, database="app"):
 @pytest.fixture(scope="module")
 def full(module_stack, docker_client, tmp_path_factory):
     stack = module_stack()
-    work = tmp_path_factory.mktemp("full")
-    backup_root = work / "backups"
-    connect = dict(host="127.0.0.1", port=stack.ports["db"], user="postgres", password=stack.password)
+    connect = stack.db_connect()
     with psycopg2.connect(dbname="app", **connect) as conn, conn.cursor() as cur:
         cur.execute("CREATE TABLE orders (id serial PRIMARY KEY, note text)")
         cur.execute("INSERT INTO orders (note) SELECT 'order ' || g FROM generate_series(1, %s) g", (ROWS,))
     checks = ansible_run.stack_health_checks(stack) + [{
         "name": "orders", "type": "postgres", "port": stack.ports["db"], "password": stack.password,
         "database": "app", "query": "SELECT count(*) >= %d FROM orders" % ROWS}]
-    host_vars = ansible_run.stack_host_vars(
-        stack, backup_root, lastgood_health_checks=checks, lastgood_gate_deadline_s=15,
-        lastgood_databases=[{"name": "app", "service": "db", "port": stack.ports["db"]}])
-    inventory = ansible_run.write_inventory(work, host_vars)
-
-    class Full:
-        pass
-    found = Full()
-    found.stack, found.backup_root, found.inventory, found.connect = stack, backup_root, inventory, connect
-    found.root = backup_root / stack.project
-    found.v1_id = docker_client.images.get(stacks.APP_V1).id
-    found.v2_id = ansible_run.throwaway_image(docker_client, stacks.APP_V2, "lastgood-test/app", stack.project + "-v2",
-                                              stack.project)
-    try:
-        snapshot = ansible_run.run_playbook("snapshot", inventory)
+    with ansible_run.stack_host(stack, tmp_path_factory.mktemp("full"), docker_client, lastgood_health_checks=checks,
+                                lastgood_gate_deadline_s=15,
+                                lastgood_databases=[{"name": "app", "service": "db", "port": stack.ports["db"]}]) as found:
+        found.connect = connect
+        found.v1_id = docker_client.images.get(stacks.APP_V1).id
+        found.v2_id = ansible_run.throwaway_image(docker_client, stacks.APP_V2, "lastgood-test/app", stack.project + "-v2",
+                                                  stack.project)
+        found.images.append(found.v2_id)
+        snapshot = ansible_run.run_playbook("snapshot", found.inventory)
         assert snapshot.rc == 0, snapshot.describe()
         found.snapshot_id = snapshot.outcome()["snapshot_id"]
         # The bad release: a broken image and a migration that deleted most orders.
@@ -66,10 +58,6 @@ def full(module_stack, docker_client, tmp_path_factory):
         with psycopg2.connect(dbname="app", **connect) as conn, conn.cursor() as cur:
             cur.execute("DELETE FROM orders WHERE id > 10")
         yield found
-    finally:
-        stack.destroy()
-        ansible_run.remove_snapshot_pins(docker_client, backup_root)
-        ansible_run.remove_image(docker_client, found.v2_id)
 
 
 def safety_snapshots(found):

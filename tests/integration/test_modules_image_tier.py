@@ -28,37 +28,29 @@ SERVICES = ["app", "db", "static"]
 @pytest.fixture(scope="module")
 def bench(module_stack, docker_client, tmp_path_factory):
     """A stack on v1 whose recorded services are known, then "deployed" to a v2 of its own."""
-    stack = module_stack()
-    work = tmp_path_factory.mktemp("modules")
-    backup_root = work / "backups"
-    inventory = ansible_run.write_inventory(work, ansible_run.stack_host_vars(stack, backup_root))
-    info = ansible_run.run_module(inventory, "compose_images_info", {"project_dir": str(stack.dir)}, work)
-    assert info.rc == 0, info.describe()
-    recorded = {name: {"image": entry["image"], "image_id": entry["image_id"]}
-                for name, entry in info.result()["services"].items()}
-    assert sorted(recorded) == SERVICES
-    v1_id = docker_client.images.get(stacks.APP_V1).id
-    assert recorded["app"] == {"image": stack.app_image, "image_id": v1_id}
+    with ansible_run.stack_host(module_stack(), tmp_path_factory.mktemp("modules"), docker_client) as host:
+        stack = host.stack
+        info = ansible_run.run_module(host.inventory, "compose_images_info", {"project_dir": str(stack.dir)}, host.work)
+        assert info.rc == 0, info.describe()
+        recorded = {name: {"image": entry["image"], "image_id": entry["image_id"]}
+                    for name, entry in info.result()["services"].items()}
+        assert sorted(recorded) == SERVICES
+        v1_id = docker_client.images.get(stacks.APP_V1).id
+        assert recorded["app"] == {"image": stack.app_image, "image_id": v1_id}
 
-    v2_id = ansible_run.throwaway_image(docker_client, stacks.APP_V2, "lastgood-test/app", stack.project + "-v2",
-                                        stack.project)
-    try:
-        bench = Bench(stack, docker_client, work, backup_root, inventory, recorded, v1_id, v2_id)
+        v2_id = ansible_run.throwaway_image(docker_client, stacks.APP_V2, "lastgood-test/app", stack.project + "-v2",
+                                            stack.project)
+        host.images.append(v2_id)
+        bench = Bench(host, docker_client, recorded, v1_id, v2_id)
         bench.deploy_app(v2_id)
         yield bench
-    finally:
-        stack.destroy()  # frees the throwaway image of its containers first
-        ansible_run.remove_snapshot_pins(docker_client, backup_root)
-        ansible_run.remove_image(docker_client, v2_id)
 
 
 class Bench:
-    def __init__(self, stack, client, work, backup_root, inventory, recorded, v1_id, v2_id):
-        self.stack = stack
+    def __init__(self, host, client, recorded, v1_id, v2_id):
+        """`host`: the stack as ansible_run.stack_host has it."""
+        self.stack, self.work, self.backup_root, self.inventory = host.stack, host.work, host.backup_root, host.inventory
         self.client = client
-        self.work = work
-        self.backup_root = backup_root
-        self.inventory = inventory
         self.recorded = recorded
         self.v1_id = v1_id
         self.v2_id = v2_id

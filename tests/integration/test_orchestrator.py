@@ -60,13 +60,11 @@ class Receiver:
 
 
 class Orchestrated:
-    def __init__(self, stack, client, work):
-        self.stack = stack
-        self.client = client
-        self.work = work
-        self.backup_root = work / "backups"
-        self.root = self.backup_root / stack.project
-        self.inventory = ansible_run.write_inventory(work, ansible_run.stack_host_vars(stack, self.backup_root))
+    """The stack as the orchestrator's host (ansible_run.stack_host) and what the tests do to it."""
+
+    def __init__(self, host):
+        self.stack, self.work, self.inventory = host.stack, host.work, host.inventory
+        self.backup_root, self.root = host.backup_root, host.root
         self.v2_id = None
 
     def run(self, extra_vars=None, check=False, env=None):
@@ -94,28 +92,24 @@ class Orchestrated:
 
 @pytest.fixture(scope="module")
 def orch(module_stack, docker_client, tmp_path_factory):
-    stack = module_stack()
-    found = Orchestrated(stack, docker_client, tmp_path_factory.mktemp("orchestrator"))
-    try:
+    with ansible_run.stack_host(module_stack(), tmp_path_factory.mktemp("orchestrator"), docker_client) as host:
+        found = Orchestrated(host)
         snapshot = ansible_run.run_playbook("snapshot", found.inventory)
         assert snapshot.rc == 0, snapshot.describe()
         found.snapshot_id = snapshot.outcome()["snapshot_id"]
         found.v1_id = docker_client.images.get(stacks.APP_V1).id
-        found.v2_id = ansible_run.throwaway_image(docker_client, stacks.APP_V2, "lastgood-test/app",
-                                                  stack.project + "-v2", stack.project)
+        project = host.stack.project
+        found.v2_id = ansible_run.throwaway_image(docker_client, stacks.APP_V2, "lastgood-test/app", project + "-v2", project)
+        host.images.append(found.v2_id)
         found.receiver = Receiver()
-        found.webhooks = [
-            {"url": found.receiver.url("/generic"), "headers": {"Authorization": "Bearer hook-token-9d2"}},
-            {"url": found.receiver.url("/slack"), "format": "slack", "min_level": "warning"},
-        ]
-        yield found
-    finally:
-        if getattr(found, "receiver", None):
+        try:
+            found.webhooks = [
+                {"url": found.receiver.url("/generic"), "headers": {"Authorization": "Bearer hook-token-9d2"}},
+                {"url": found.receiver.url("/slack"), "format": "slack", "min_level": "warning"},
+            ]
+            yield found
+        finally:
             found.receiver.close()
-        stack.destroy()
-        ansible_run.remove_snapshot_pins(docker_client, found.backup_root)
-        if found.v2_id:
-            ansible_run.remove_image(docker_client, found.v2_id)
 
 
 def test_auto_rolls_an_image_breakage_back_with_the_image_tier_and_records_it(orch):

@@ -22,24 +22,17 @@ ROWS = 500
 @pytest.fixture(scope="module")
 def data(module_stack, docker_client, tmp_path_factory):
     stack = module_stack()
-    work = tmp_path_factory.mktemp("data")
-    backup_root = work / "backups"
-    connect = dict(host="127.0.0.1", port=stack.ports["db"], user="postgres", password=stack.password)
+    connect = stack.db_connect()
     with psycopg2.connect(dbname="app", **connect) as conn, conn.cursor() as cur:
         cur.execute("CREATE TABLE orders (id serial PRIMARY KEY, body jsonb NOT NULL, note text)")
         cur.execute("INSERT INTO orders (body, note) SELECT jsonb_build_object('n', g), repeat('x', g %% 50) "
                     "FROM generate_series(1, %s) g", (ROWS,))
         cur.execute("CREATE INDEX ON orders ((body->>'n'))")
     entry = {"name": "app", "service": "db", "port": stack.ports["db"]}
-    host_vars = ansible_run.stack_host_vars(stack, backup_root, lastgood_databases=[entry])
-    inventory = ansible_run.write_inventory(work, host_vars)
-
-    class Data:
-        pass
-    found = Data()
-    found.stack, found.work, found.backup_root, found.inventory, found.connect = stack, work, backup_root, inventory, connect
-    yield found
-    ansible_run.remove_snapshot_pins(docker_client, backup_root)
+    with ansible_run.stack_host(stack, tmp_path_factory.mktemp("data"), docker_client,
+                                lastgood_databases=[entry]) as found:
+        found.connect = connect
+        yield found
 
 
 def count(data, database="app"):

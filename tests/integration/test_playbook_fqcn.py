@@ -6,19 +6,16 @@ import ansible_run
 
 
 def test_playbooks_run_by_collection_name(stack, docker_client, tmp_path):
-    demo = stack()
-    inventory = ansible_run.write_inventory(tmp_path, ansible_run.stack_host_vars(demo, tmp_path / "backups"))
-    try:
-        run_all(demo, inventory, tmp_path)
-    finally:
-        ansible_run.remove_snapshot_pins(docker_client, tmp_path / "backups")
+    with ansible_run.stack_host(stack(), tmp_path, docker_client) as host:
+        run_all(host)
 
 
-def run_all(demo, inventory, tmp_path):
+def run_all(host):
+    inventory = host.inventory
     run = ansible_run.run_ansible_playbook("lastgood.rollback.snapshot", inventory)
     assert run.rc == 0, run.describe()
     snapshot_id = run.outcome()["snapshot_id"]
-    assert ansible_run.last_known_good(tmp_path / "backups", demo.project) == snapshot_id
+    assert ansible_run.last_known_good(host.backup_root, host.stack.project) == snapshot_id
     run = ansible_run.run_ansible_playbook("lastgood.rollback.verify", inventory)
     assert run.rc == 0, run.describe()
     assert run.outcome()["tier"] == "verify" and run.outcome()["snapshot_id"] == snapshot_id

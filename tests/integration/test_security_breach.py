@@ -311,7 +311,7 @@ def breach(module_stack, docker_client, tmp_path_factory):
     stack = module_stack()
     work = tmp_path_factory.mktemp("breach")
     backup_root = work / "backups"
-    connect = dict(host="127.0.0.1", port=stack.ports["db"], user="postgres", password=stack.password, connect_timeout=5)
+    connect = stack.db_connect(connect_timeout=5)
     _sql(connect, "CREATE TABLE users (name text PRIMARY KEY, must_reset boolean NOT NULL DEFAULT false)")
     _sql(connect, "INSERT INTO users (name) SELECT unnest(%s::text[])", (list(USERS),))
     # Secrets the stack keeps: a .env key and a key file, committed like the rest of the deployment.
